@@ -1,0 +1,143 @@
+//! Guest call overhead and the in-process pipeline, for a 256-byte JSON
+//! payload: one call on a reused instance per reference plugin, a fresh
+//! instance per call (what reuse saves), and the three-stage pipeline the
+//! example tenants run. Needs the plugins built (`scripts/build-plugins`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_main};
+use sluice::pipeline::{Pipeline, Stage};
+use sluice::subject::Template;
+use sluice::wasm::pool::StageRunner;
+use sluice::wasm::{Limits, Runtime};
+use sluice::{Message, Origin};
+
+fn plugin_path(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("plugins/dist/{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/build-plugins",
+        path.display()
+    );
+    path
+}
+
+/// A 256-byte JSON object shaped like a typical event.
+fn payload() -> Vec<u8> {
+    let mut p = String::from(
+        r#"{"type":"order","id":"o-1042","user":"ann","debug":true,"total":129.5,"pad":""#,
+    );
+    while p.len() < 256 - 2 {
+        p.push('x');
+    }
+    p.push_str("\"}");
+    assert_eq!(p.len(), 256);
+    p.into_bytes()
+}
+
+fn origin() -> Origin {
+    Origin {
+        tenant: "acme".into(),
+        stream: "ACME".into(),
+        stream_seq: 1,
+        delivered: 1,
+        published_ms: 0,
+    }
+}
+
+fn config(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn stages() -> Vec<(&'static str, Vec<(String, String)>)> {
+    vec![
+        (
+            "transform",
+            config(&[
+                ("rename.user", "customer"),
+                ("remove", "debug"),
+                ("set.schema", "2"),
+            ]),
+        ),
+        ("tenant-stamp", config(&[])),
+        (
+            "route",
+            config(&[
+                ("rule.1.field", "type"),
+                ("rule.1.equals", "order"),
+                ("rule.1.to", "{tenant}.out.orders"),
+            ]),
+        ),
+    ]
+}
+
+fn benches(c: &mut Criterion) {
+    let runtime = Runtime::new(None).unwrap();
+    let limits = Limits {
+        deadline: Duration::from_millis(100),
+        memory: 64 << 20,
+    };
+    let msg = Message::new("acme.in.orders", payload());
+    let origin = origin();
+
+    let mut group = c.benchmark_group("call");
+    group.throughput(Throughput::Elements(1));
+    let echo = ("echo", Vec::new());
+    for (name, settings) in std::iter::once(echo).chain(stages()) {
+        let path = if name == "echo" {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("plugins/dist/testing/echo.wasm")
+        } else {
+            plugin_path(name)
+        };
+        let plugin = runtime.load_file(name, &path, limits).unwrap();
+        let mut instance = plugin.instantiate("acme", &settings).unwrap();
+        group.bench_function(format!("reused/{name}"), |b| {
+            b.iter(|| instance.handle(&origin, msg.clone()).unwrap())
+        });
+        if name == "transform" {
+            group.bench_function(format!("fresh/{name}"), |b| {
+                b.iter(|| {
+                    let mut i = plugin.instantiate("acme", &settings).unwrap();
+                    i.handle(&origin, msg.clone()).unwrap()
+                })
+            });
+        }
+    }
+    group.finish();
+
+    let stages = stages()
+        .into_iter()
+        .map(|(name, settings)| {
+            Stage::new(
+                runtime.load_file(name, &plugin_path(name), limits).unwrap(),
+                settings,
+            )
+        })
+        .collect();
+    let pipeline = Pipeline::new(
+        "acme",
+        Template::parse("{tenant}.out.{subject[2..]}").unwrap(),
+        vec!["acme.out.>".into()],
+        stages,
+    );
+    let mut runner = StageRunner::default();
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("three-stages", |b| {
+        b.iter(|| runner.run(&pipeline, &origin, &msg))
+    });
+    group.finish();
+}
+
+// The macro generates an undocumented function.
+#[allow(missing_docs)]
+mod group {
+    criterion::criterion_group!(guest, super::benches);
+}
+criterion_main!(group::guest);

@@ -1,0 +1,31 @@
+//! `sluice check`: load the config, compile every plugin, and build every
+//! tenant's pipeline (which runs each stage's `init` on its config). The
+//! first problem ends the check with an error naming the file and key.
+
+use std::path::Path;
+
+use crate::config::Config;
+use crate::plugin::Registry;
+use crate::wasm::Runtime;
+
+pub fn run(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let runtime = Runtime::new(super::cache_dir(Some(&config)))?;
+    let registry = Registry::load(&runtime, &config)?;
+    for id in config.tenants.keys() {
+        registry.pipeline(&config, id)?;
+    }
+    let plugins: Vec<&str> = registry.iter().map(|p| p.label()).collect();
+    println!(
+        "{}: ok ({} tenant{}, plugins: {})",
+        path.display(),
+        config.tenants.len(),
+        if config.tenants.len() == 1 { "" } else { "s" },
+        if plugins.is_empty() {
+            "none".to_owned()
+        } else {
+            plugins.join(", ")
+        }
+    );
+    Ok(())
+}

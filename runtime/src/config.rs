@@ -1,0 +1,921 @@
+//! The TOML configuration: schema, defaults and validation.
+//!
+//! Every table rejects unknown keys, every field is documented here (these
+//! doc comments are the reference), and every error names the file and the
+//! key path (`tenants.acme.pipeline[1].plugin`) so an operator can go
+//! straight to the line. Loading never touches NATS or compiles plugins; that
+//! is `sluice check`'s next step.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::subject::{self, Template};
+
+/// A configuration problem, always tied to a file and a key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file the problem is in.
+    pub file: PathBuf,
+    /// The key path, e.g. `tenants.acme.output`; empty for the whole file.
+    pub key: String,
+    /// 1-based line, when the parser knows it.
+    pub line: Option<usize>,
+    /// What is wrong, in lowercase, without the key.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The guest runtime: worker threads, queue, compiled-code cache.
+    #[serde(default)]
+    pub wasm: WasmConfig,
+    /// Where plugins come from and their default limits.
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+    /// Plugins declared by name with an explicit file and limits of their own;
+    /// any other plugin name resolves to `<plugins.dir>/<name>.wasm`.
+    #[serde(default)]
+    pub plugin: BTreeMap<String, PluginConfig>,
+    /// The NATS connection tenants use unless they set their own.
+    #[serde(default)]
+    pub nats: NatsConfig,
+    /// Settings every tenant inherits unless it overrides them.
+    #[serde(default)]
+    pub defaults: TenantDefaults,
+    /// Tenants by id.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantConfig>,
+    /// Directory the file was read from; relative paths resolve against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// The file this was read from, for error messages.
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+/// `[wasm]`: the guest runtime.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasmConfig {
+    /// Worker threads that run guest calls. Default: the number of cores.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Bound of the job queue in front of the workers; when it is full,
+    /// callers wait (this is the backpressure). Default 1024.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// Where compiled plugins are cached across restarts. Default:
+    /// `$XDG_CACHE_HOME/sluice` or `~/.cache/sluice`; `""` turns the disk
+    /// cache off.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// `[plugins]`: where plugins are found and their default limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Folder of `NAME.wasm` files; a stage's plugin NAME not declared under
+    /// `[plugin.NAME]` is loaded from here.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Wall-clock budget of one guest call, e.g. `"100ms"`. Default 100 ms.
+    #[serde(default = "default_deadline", with = "duration")]
+    pub deadline: Duration,
+    /// Linear-memory limit of one instance, e.g. `"64MiB"`. Default 64 MiB.
+    #[serde(default = "default_memory", with = "bytes")]
+    pub memory: u64,
+}
+
+/// `[plugin.NAME]`: one plugin declared explicitly.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// The component file.
+    pub path: PathBuf,
+    /// Overrides `plugins.deadline` for this plugin.
+    #[serde(default, with = "opt_duration")]
+    pub deadline: Option<Duration>,
+    /// Overrides `plugins.memory` for this plugin.
+    #[serde(default, with = "opt_bytes")]
+    pub memory: Option<u64>,
+}
+
+/// `[nats]` (or `tenants.ID.nats`): how to reach NATS.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URLs. Default `["nats://127.0.0.1:4222"]`.
+    #[serde(default = "default_servers")]
+    pub servers: Vec<String>,
+    /// Token authentication.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// User for user/password authentication (with `password`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Password for user/password authentication (with `user`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// File holding an nkey seed.
+    #[serde(default)]
+    pub nkey_file: Option<PathBuf>,
+    /// A `.creds` file (JWT and nkey seed).
+    #[serde(default)]
+    pub creds_file: Option<PathBuf>,
+}
+
+/// `[defaults]`: per-tenant settings every tenant inherits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantDefaults {
+    /// Most messages a tenant holds between pull and settle. Default 256.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// JetStream ack wait of the tenant's consumer. Default 30 s.
+    #[serde(default = "default_ack_wait", with = "duration")]
+    pub ack_wait: Duration,
+    /// Deliveries before a message that keeps failing is dead-lettered.
+    /// Default 5.
+    #[serde(default = "default_max_deliver")]
+    pub max_deliver: u32,
+    /// Redelivery delays after a guest failure, by delivery; the last one
+    /// repeats. Default `["1s", "5s", "30s"]`.
+    #[serde(default = "default_backoff", with = "duration_list")]
+    pub backoff: Vec<Duration>,
+}
+
+/// `[tenants.ID]`: one tenant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// The JetStream stream the tenant's input is in.
+    pub stream: String,
+    /// The durable pull consumer's name. Default `sluice`.
+    #[serde(default = "default_consumer")]
+    pub consumer: String,
+    /// The consumer's filter subject, e.g. `acme.in.>`.
+    pub filter: String,
+    /// Template of the subject a message is published to when the last stage
+    /// says `next`, e.g. `"{tenant}.out.{subject[2..]}"`.
+    pub output: String,
+    /// Where dead letters go, e.g. `acme.dlq`.
+    pub dead_letter: String,
+    /// Subject patterns outputs may be published to. Default: the literal
+    /// prefix of `output` followed by `>`.
+    #[serde(default)]
+    pub permit: Option<Vec<String>>,
+    /// The stages, in order.
+    pub pipeline: Vec<StageConfig>,
+    /// The tenant's own NATS connection (another account, other
+    /// credentials). Default: `[nats]`.
+    #[serde(default)]
+    pub nats: Option<NatsConfig>,
+    /// Overrides `defaults.max_in_flight`.
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
+    /// Overrides `defaults.ack_wait`.
+    #[serde(default, with = "opt_duration")]
+    pub ack_wait: Option<Duration>,
+    /// Overrides `defaults.max_deliver`.
+    #[serde(default)]
+    pub max_deliver: Option<u32>,
+    /// Overrides `defaults.backoff`.
+    #[serde(default, with = "opt_duration_list")]
+    pub backoff: Option<Vec<Duration>>,
+}
+
+/// One stage of a tenant's pipeline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    /// The plugin's name.
+    pub plugin: String,
+    /// The plugin's configuration, passed to its `init`. Nested tables
+    /// flatten to dotted keys; numbers and booleans become strings.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+// Defaults as named functions, shared by serde and `Default`.
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+/// Deep enough to keep every worker busy across a burst from several tenants,
+/// small enough that a stalled pool pushes back within a second of traffic.
+const fn default_queue() -> usize {
+    1024
+}
+/// A Rust handler answers in microseconds; 100 ms leaves room for cold caches
+/// and interpreted guests while still catching a loop quickly.
+const fn default_deadline() -> Duration {
+    Duration::from_millis(100)
+}
+/// Rust and QuickJS guests need a few MiB; 64 MiB leaves room for large
+/// payloads without letting one instance take the host down.
+const fn default_memory() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_servers() -> Vec<String> {
+    vec!["nats://127.0.0.1:4222".to_owned()]
+}
+/// Enough to keep the worker pool and the publish pipeline busy for one
+/// tenant while a slow tenant cannot hold more than this much of the host.
+const fn default_max_in_flight() -> usize {
+    256
+}
+/// JetStream's own default.
+const fn default_ack_wait() -> Duration {
+    Duration::from_secs(30)
+}
+/// Enough retries to ride out a restart of a downstream dependency.
+const fn default_max_deliver() -> u32 {
+    5
+}
+fn default_backoff() -> Vec<Duration> {
+    vec![
+        Duration::from_secs(1),
+        Duration::from_secs(5),
+        Duration::from_secs(30),
+    ]
+}
+fn default_consumer() -> String {
+    "sluice".to_owned()
+}
+
+impl Default for WasmConfig {
+    fn default() -> Self {
+        WasmConfig {
+            workers: default_workers(),
+            queue: default_queue(),
+            cache_dir: None,
+        }
+    }
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dir: None,
+            deadline: default_deadline(),
+            memory: default_memory(),
+        }
+    }
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            servers: default_servers(),
+            token: None,
+            user: None,
+            password: None,
+            nkey_file: None,
+            creds_file: None,
+        }
+    }
+}
+
+impl Default for TenantDefaults {
+    fn default() -> Self {
+        TenantDefaults {
+            max_in_flight: default_max_in_flight(),
+            ack_wait: default_ack_wait(),
+            max_deliver: default_max_deliver(),
+            backoff: default_backoff(),
+        }
+    }
+}
+
+/// A tenant's settings after defaults are applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// See [`TenantDefaults::max_in_flight`].
+    pub max_in_flight: usize,
+    /// See [`TenantDefaults::ack_wait`].
+    pub ack_wait: Duration,
+    /// See [`TenantDefaults::max_deliver`].
+    pub max_deliver: u32,
+    /// See [`TenantDefaults::backoff`].
+    pub backoff: Vec<Duration>,
+}
+
+/// A plugin's file and limits after defaults are applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginSpec {
+    /// The name stages use.
+    pub name: String,
+    /// The component file, resolved against the config's folder.
+    pub path: PathBuf,
+    /// Per-call deadline.
+    pub deadline: Duration,
+    /// Per-instance memory limit in bytes.
+    pub memory: u64,
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            key: String::new(),
+            line: None,
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parse and validate config text; `path` names it in errors and anchors
+    /// relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let fail = |key: String, line: Option<usize>, message: String| ConfigError {
+            file: path.to_owned(),
+            key,
+            line,
+            message,
+        };
+        let de = toml::de::Deserializer::parse(text).map_err(|e| {
+            fail(
+                String::new(),
+                line_of(text, e.span()),
+                e.message().trim().to_owned(),
+            )
+        })?;
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let key = if key == "." { String::new() } else { key };
+            fail(
+                key,
+                line_of(text, inner.span()),
+                inner.message().trim().to_owned(),
+            )
+        })?;
+        config.file = path.to_owned();
+        config.base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn error(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            key: key.into(),
+            line: None,
+            message: message.into(),
+        }
+    }
+
+    /// Cross-field checks that serde cannot express; each error names its
+    /// key path.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.wasm.workers == 0 {
+            return Err(self.error("wasm.workers", "must be at least 1"));
+        }
+        if self.wasm.queue == 0 {
+            return Err(self.error("wasm.queue", "must be at least 1"));
+        }
+        check_limits(self, "plugins", self.plugins.deadline, self.plugins.memory)?;
+        for (name, plugin) in &self.plugin {
+            check_name(self, &format!("plugin.{name}"), name, "plugin name")?;
+            if let Some(deadline) = plugin.deadline {
+                check_limits(
+                    self,
+                    &format!("plugin.{name}"),
+                    deadline,
+                    plugin.memory.unwrap_or(1 << 20),
+                )?;
+            }
+            if let Some(memory) = plugin.memory {
+                check_limits(
+                    self,
+                    &format!("plugin.{name}"),
+                    Duration::from_millis(1),
+                    memory,
+                )?;
+            }
+        }
+        check_nats(self, "nats", &self.nats)?;
+        check_tenant_limits(self, "defaults", &self.limits(None))?;
+        for (id, tenant) in &self.tenants {
+            let at = format!("tenants.{}", key_segment(id));
+            check_name(self, &at, id, "tenant id")?;
+            self.check_tenant(&at, id, tenant)?;
+        }
+        Ok(())
+    }
+
+    fn check_tenant(&self, at: &str, id: &str, tenant: &TenantConfig) -> Result<(), ConfigError> {
+        check_name(self, &format!("{at}.stream"), &tenant.stream, "stream name")?;
+        check_name(
+            self,
+            &format!("{at}.consumer"),
+            &tenant.consumer,
+            "consumer name",
+        )?;
+        subject::validate_pattern(&tenant.filter)
+            .map_err(|e| self.error(format!("{at}.filter"), e.to_string()))?;
+        let output = Template::parse(&tenant.output)
+            .map_err(|e| self.error(format!("{at}.output"), error_chain(&e)))?;
+        subject::validate_subject(&tenant.dead_letter)
+            .map_err(|e| self.error(format!("{at}.dead_letter"), e.to_string()))?;
+        if subject::matches(&tenant.filter, &tenant.dead_letter) {
+            return Err(self.error(
+                format!("{at}.dead_letter"),
+                format!(
+                    "`{}` is inside the input filter `{}`; dead letters would be consumed again",
+                    tenant.dead_letter, tenant.filter
+                ),
+            ));
+        }
+        let permits = self
+            .permits(id, tenant, &output)
+            .map_err(|m| self.error(format!("{at}.permit"), m))?;
+        for (i, pattern) in permits.iter().enumerate() {
+            subject::validate_pattern(pattern)
+                .map_err(|e| self.error(format!("{at}.permit[{i}]"), e.to_string()))?;
+            if pattern_overlaps(pattern, &tenant.filter) {
+                return Err(self.error(
+                    format!("{at}.permit[{i}]"),
+                    format!(
+                        "permitted pattern `{pattern}` overlaps the input filter `{}`; outputs would be consumed again",
+                        tenant.filter
+                    ),
+                ));
+            }
+        }
+        if tenant.pipeline.is_empty() {
+            return Err(self.error(format!("{at}.pipeline"), "needs at least one stage"));
+        }
+        for (i, stage) in tenant.pipeline.iter().enumerate() {
+            let key = format!("{at}.pipeline[{i}]");
+            self.plugin_spec(&stage.plugin)
+                .map_err(|m| self.error(format!("{key}.plugin"), m))?;
+            flatten_stage_config(&stage.config)
+                .map_err(|(k, m)| self.error(format!("{key}.config.{k}"), m))?;
+        }
+        if let Some(nats) = &tenant.nats {
+            check_nats(self, &format!("{at}.nats"), nats)?;
+        }
+        check_tenant_limits(self, at, &self.limits(Some(tenant)))
+    }
+
+    /// The tenant's permitted output patterns: `permit`, or what `output`
+    /// implies.
+    fn permits(
+        &self,
+        id: &str,
+        tenant: &TenantConfig,
+        output: &Template,
+    ) -> Result<Vec<String>, String> {
+        match &tenant.permit {
+            Some(list) if list.is_empty() => Err("must not be empty; leave it out to derive it from `output`".into()),
+            Some(list) => Ok(list.clone()),
+            None => output.implied_permit(id).map(|p| vec![p]).ok_or_else(|| {
+                format!(
+                    "cannot be derived from output `{}` (it starts with a placeholder); list the permitted subject patterns",
+                    tenant.output
+                )
+            }),
+        }
+    }
+
+    /// A tenant's permitted output patterns, after defaults.
+    pub fn tenant_permits(&self, id: &str) -> Result<Vec<String>, ConfigError> {
+        let at = format!("tenants.{}", key_segment(id));
+        let tenant = self
+            .tenants
+            .get(id)
+            .ok_or_else(|| self.error(&at, "no such tenant"))?;
+        let output = Template::parse(&tenant.output)
+            .map_err(|e| self.error(format!("{at}.output"), error_chain(&e)))?;
+        self.permits(id, tenant, &output)
+            .map_err(|m| self.error(format!("{at}.permit"), m))
+    }
+
+    /// A tenant's limits after defaults; `None` gives the defaults alone.
+    pub fn limits(&self, tenant: Option<&TenantConfig>) -> Limits {
+        let d = &self.defaults;
+        Limits {
+            max_in_flight: tenant
+                .and_then(|t| t.max_in_flight)
+                .unwrap_or(d.max_in_flight),
+            ack_wait: tenant.and_then(|t| t.ack_wait).unwrap_or(d.ack_wait),
+            max_deliver: tenant.and_then(|t| t.max_deliver).unwrap_or(d.max_deliver),
+            backoff: tenant
+                .and_then(|t| t.backoff.clone())
+                .unwrap_or_else(|| d.backoff.clone()),
+        }
+    }
+
+    /// Where plugin `name` comes from and its limits. Errors are messages
+    /// for the key that named the plugin.
+    pub fn plugin_spec(&self, name: &str) -> Result<PluginSpec, String> {
+        let (path, deadline, memory) = match self.plugin.get(name) {
+            Some(p) => (
+                self.base_dir.join(&p.path),
+                p.deadline.unwrap_or(self.plugins.deadline),
+                p.memory.unwrap_or(self.plugins.memory),
+            ),
+            None => match &self.plugins.dir {
+                Some(dir) => (
+                    self.base_dir.join(dir).join(format!("{name}.wasm")),
+                    self.plugins.deadline,
+                    self.plugins.memory,
+                ),
+                None => {
+                    return Err(format!(
+                        "unknown plugin `{name}`: declare it under [plugin.{name}] or set plugins.dir"
+                    ));
+                }
+            },
+        };
+        Ok(PluginSpec {
+            name: name.to_owned(),
+            path,
+            deadline,
+            memory,
+        })
+    }
+
+    /// Every plugin some tenant's pipeline uses, each once.
+    pub fn used_plugins(&self) -> Vec<String> {
+        let mut seen = HashSet::new();
+        let mut names = Vec::new();
+        for tenant in self.tenants.values() {
+            for stage in &tenant.pipeline {
+                if seen.insert(stage.plugin.clone()) {
+                    names.push(stage.plugin.clone());
+                }
+            }
+        }
+        names
+    }
+}
+
+/// A key as TOML writes it: bare when it can be, quoted otherwise.
+fn key_segment(key: &str) -> String {
+    if !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    }
+}
+
+/// Could some subject match both patterns? Token-wise: `*` and `>` match
+/// anything, literals must agree.
+fn pattern_overlaps(a: &str, b: &str) -> bool {
+    let mut at = a.split('.');
+    let mut bt = b.split('.');
+    loop {
+        match (at.next(), bt.next()) {
+            (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+            (Some(x), Some(y)) if x == "*" || y == "*" || x == y => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+fn check_name(config: &Config, key: &str, name: &str, what: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(config.error(
+            key,
+            format!("{what} `{name}` may only contain letters, digits, `-` and `_`"),
+        ))
+    }
+}
+
+/// Guests need at least one 64 KiB page; a deadline under a millisecond is
+/// below the epoch tick and would fail every call.
+fn check_limits(
+    config: &Config,
+    at: &str,
+    deadline: Duration,
+    memory: u64,
+) -> Result<(), ConfigError> {
+    if deadline < Duration::from_millis(1) {
+        return Err(config.error(format!("{at}.deadline"), "must be at least 1ms"));
+    }
+    if memory < 64 * 1024 {
+        return Err(config.error(
+            format!("{at}.memory"),
+            "must be at least 64KiB (one WebAssembly page)",
+        ));
+    }
+    Ok(())
+}
+
+fn check_tenant_limits(config: &Config, at: &str, limits: &Limits) -> Result<(), ConfigError> {
+    if limits.max_in_flight == 0 {
+        return Err(config.error(format!("{at}.max_in_flight"), "must be at least 1"));
+    }
+    if limits.max_deliver == 0 {
+        return Err(config.error(format!("{at}.max_deliver"), "must be at least 1"));
+    }
+    if limits.ack_wait < Duration::from_secs(1) {
+        return Err(config.error(format!("{at}.ack_wait"), "must be at least 1s"));
+    }
+    if limits.backoff.is_empty() {
+        return Err(config.error(format!("{at}.backoff"), "needs at least one delay"));
+    }
+    Ok(())
+}
+
+fn check_nats(config: &Config, at: &str, nats: &NatsConfig) -> Result<(), ConfigError> {
+    if nats.servers.is_empty() {
+        return Err(config.error(format!("{at}.servers"), "needs at least one server URL"));
+    }
+    for (i, url) in nats.servers.iter().enumerate() {
+        let scheme_ok = ["nats://", "tls://", "ws://", "wss://"]
+            .iter()
+            .any(|s| url.starts_with(s))
+            || !url.contains("://");
+        if !scheme_ok || url.trim().is_empty() {
+            return Err(config.error(
+                format!("{at}.servers[{i}]"),
+                format!("`{url}` is not a NATS URL (nats://host:port)"),
+            ));
+        }
+    }
+    let methods = [
+        nats.token.is_some(),
+        nats.user.is_some() || nats.password.is_some(),
+        nats.nkey_file.is_some(),
+        nats.creds_file.is_some(),
+    ];
+    if methods.iter().filter(|m| **m).count() > 1 {
+        return Err(config.error(
+            at,
+            "set only one of token, user/password, nkey_file and creds_file",
+        ));
+    }
+    if nats.user.is_some() != nats.password.is_some() {
+        let missing = if nats.user.is_some() {
+            "password"
+        } else {
+            "user"
+        };
+        return Err(config.error(format!("{at}.{missing}"), "user and password go together"));
+    }
+    Ok(())
+}
+
+/// Turn a stage's TOML table into the flat key/value list `init` receives.
+/// Errors carry the offending key (relative to `config`) and a message.
+pub fn flatten_stage_config(
+    table: &toml::Table,
+) -> Result<Vec<(String, String)>, (String, String)> {
+    fn walk(
+        prefix: &str,
+        table: &toml::Table,
+        out: &mut Vec<(String, String)>,
+    ) -> Result<(), (String, String)> {
+        for (k, v) in table {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                toml::Value::Table(t) => walk(&key, t, out)?,
+                toml::Value::Array(items) => {
+                    let mut parts = Vec::with_capacity(items.len());
+                    for item in items {
+                        parts.push(scalar(item).ok_or_else(|| {
+                            (
+                                key.clone(),
+                                "arrays may only hold strings, numbers or booleans".to_owned(),
+                            )
+                        })?);
+                    }
+                    out.push((key, parts.join(",")));
+                }
+                other => {
+                    let s = scalar(other)
+                        .ok_or_else(|| (key.clone(), "unsupported value type".to_owned()))?;
+                    out.push((key, s));
+                }
+            }
+        }
+        Ok(())
+    }
+    fn scalar(v: &toml::Value) -> Option<String> {
+        match v {
+            toml::Value::String(s) => Some(s.clone()),
+            toml::Value::Integer(i) => Some(i.to_string()),
+            toml::Value::Float(f) => Some(f.to_string()),
+            toml::Value::Boolean(b) => Some(b.to_string()),
+            toml::Value::Datetime(d) => Some(d.to_string()),
+            _ => None,
+        }
+    }
+    let mut out = Vec::new();
+    walk("", table, &mut out)?;
+    Ok(out)
+}
+
+/// The error and its causes on one line, as `a: b: c`.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> Option<usize> {
+    let start = span?.start.min(text.len());
+    Some(
+        text.as_bytes()[..start]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1,
+    )
+}
+
+/// Parse a size such as `64MiB`, `512KiB`, `1GiB`, `1000000` (bytes).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (expected e.g. \"64MiB\")"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` in `{text}` (use B, KiB, MiB, GiB, KB, MB or GB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size `{text}` is too large"))
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| {
+        format!("`{text}` is not a duration ({e}; expected e.g. \"30s\" or \"100ms\")")
+    })
+}
+
+mod duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+mod duration_list {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        let items = Vec::<String>::deserialize(d)?;
+        items
+            .iter()
+            .map(|s| super::parse_duration(s))
+            .collect::<Result<_, _>>()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_duration_list {
+    use serde::Deserializer;
+    use std::time::Duration;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Duration>>, D::Error> {
+        super::duration_list::deserialize(d).map(Some)
+    }
+}
+
+mod bytes {
+    use serde::{Deserialize, Deserializer};
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Number(u64),
+        Text(String),
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        match Size::deserialize(d)? {
+            Size::Number(n) => Ok(n),
+            Size::Text(s) => super::parse_bytes(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+mod opt_bytes {
+    use serde::Deserializer;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        super::bytes::deserialize(d).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [plugins]
+        dir = "dist"
+
+        [tenants.acme]
+        stream = "ACME"
+        filter = "acme.in.>"
+        output = "{tenant}.out.{subject[2..]}"
+        dead_letter = "acme.dlq"
+        max_in_flight = 10
+        pipeline = [
+            { plugin = "transform", config = { rename = { user = "customer" }, remove = ["a", "b"], n = 3 } },
+        ]
+    "#;
+
+    #[test]
+    fn a_good_config_loads_with_defaults() {
+        let c = Config::parse(GOOD, Path::new("/etc/sluice/sluice.toml")).unwrap();
+        let acme = &c.tenants["acme"];
+        assert_eq!(acme.consumer, "sluice");
+        let limits = c.limits(Some(acme));
+        assert_eq!(limits.max_in_flight, 10);
+        assert_eq!(limits.max_deliver, 5);
+        assert_eq!(c.tenant_permits("acme").unwrap(), vec!["acme.out.>"]);
+        let spec = c.plugin_spec("transform").unwrap();
+        assert_eq!(spec.path, Path::new("/etc/sluice/dist/transform.wasm"));
+        assert_eq!(spec.deadline, Duration::from_millis(100));
+        let flat = flatten_stage_config(&acme.pipeline[0].config).unwrap();
+        assert!(flat.contains(&("rename.user".into(), "customer".into())));
+        assert!(flat.contains(&("remove".into(), "a,b".into())));
+        assert!(flat.contains(&("n".into(), "3".into())));
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("10"), Ok(10));
+        assert!(parse_bytes("12 parsecs").is_err());
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn overlapping_patterns() {
+        assert!(pattern_overlaps("a.>", "a.b.c"));
+        assert!(pattern_overlaps("a.*.c", "a.b.*"));
+        assert!(!pattern_overlaps("a.out.>", "a.in.>"));
+        assert!(!pattern_overlaps("a.b", "a.b.c"));
+    }
+}

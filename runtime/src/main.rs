@@ -1,0 +1,15 @@
+//! The `sluice` binary: parse the command line, run, and on failure print the
+//! whole error chain and exit non-zero.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = sluice::cli::Cli::parse();
+    match sluice::cli::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

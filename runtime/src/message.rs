@@ -1,0 +1,105 @@
+//! The host's own message types: what a stage receives and returns, in the
+//! shape of the WIT contract but independent of any bindings, so the pipeline,
+//! the sink and the CLI speak these and only `wasm` converts.
+
+/// One NATS message as the pipeline sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Message {
+    /// The NATS subject.
+    pub subject: String,
+    /// Headers in order; a name may repeat.
+    pub headers: Vec<(String, String)>,
+    /// The body, unchanged bytes.
+    pub payload: Vec<u8>,
+}
+
+impl Message {
+    /// A message with no headers.
+    pub fn new(subject: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        Message {
+            subject: subject.into(),
+            headers: Vec::new(),
+            payload: payload.into(),
+        }
+    }
+
+    /// The first value of header `name` (header names compare
+    /// case-insensitively, as NATS and HTTP do).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Replace every header called `name` with one of `value`.
+    pub fn set_header(&mut self, name: &str, value: impl Into<String>) {
+        self.remove_header(name);
+        self.headers.push((name.to_owned(), value.into()));
+    }
+
+    /// Remove every header called `name`.
+    pub fn remove_header(&mut self, name: &str) {
+        self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    }
+}
+
+/// Facts about a message that the host vouches for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Origin {
+    /// The tenant the message was pulled for.
+    pub tenant: String,
+    /// The JetStream stream it came from.
+    pub stream: String,
+    /// Its sequence in that stream.
+    pub stream_seq: u64,
+    /// Delivery count, 1 on the first delivery.
+    pub delivered: u32,
+    /// When JetStream stored it, ms since the Unix epoch.
+    pub published_ms: u64,
+}
+
+/// A stage's decision, as in the WIT `verdict` variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Pass the message on to the next stage (or the default output).
+    Next(Message),
+    /// Publish these and end the chain.
+    Publish(Vec<Message>),
+    /// Consumed, nothing to emit.
+    Ack,
+    /// Never processable; the reason goes with the dead letter.
+    DeadLetter(String),
+    /// Redeliver after this many milliseconds.
+    Retry(u32),
+}
+
+impl Verdict {
+    /// The verdict's name as the CLI and metrics print it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Verdict::Next(_) => "next",
+            Verdict::Publish(_) => "publish",
+            Verdict::Ack => "ack",
+            Verdict::DeadLetter(_) => "dead-letter",
+            Verdict::Retry(_) => "retry",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_compare_case_insensitively_and_set_replaces_all() {
+        let mut m = Message::new("a", "x");
+        m.headers.push(("Trace".into(), "1".into()));
+        m.headers.push(("trace".into(), "2".into()));
+        assert_eq!(m.header("TRACE"), Some("1"));
+        m.set_header("Trace", "3");
+        assert_eq!(m.headers, vec![("Trace".to_owned(), "3".to_owned())]);
+        m.remove_header("tRaCe");
+        assert!(m.headers.is_empty());
+    }
+}

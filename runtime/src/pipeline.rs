@@ -1,0 +1,424 @@
+//! The stage chain and the verdict rules, as pure logic: given how to call a
+//! stage, run one message through a tenant's stages and decide the
+//! [`Outcome`]. No NATS and no wasmtime here — the worker pool supplies the
+//! stage calls, and only the JetStream side turns an outcome into
+//! ack/nak/term.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::message::{Message, Origin, Verdict};
+use crate::subject::{self, Template};
+use crate::wasm::{GuestFailure, Plugin};
+
+/// Header naming the tenant on every output; the host's word, not the guest's.
+pub const TENANT_HEADER: &str = "Sluice-Tenant";
+/// Header naming the plugin version (`name@digest`) that produced an output.
+pub const PLUGIN_HEADER: &str = "Sluice-Plugin";
+/// JetStream's de-duplication header; outputs get `<stream>:<seq>:<index>`.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+/// Headers the host owns on outputs: whatever a guest or producer put there
+/// is dropped before the host writes its own.
+fn host_owned(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.starts_with("sluice-") || lower.starts_with("nats-")
+}
+
+/// What the pipeline decided for one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Publish these (zero outputs never gets here: that is an ack); ack the
+    /// source once all are confirmed.
+    Publish {
+        /// Outputs with host headers set and subjects checked.
+        outputs: Vec<Message>,
+        /// Label of the stage that ended the chain.
+        plugin: String,
+    },
+    /// Ack the source; nothing to publish.
+    Ack {
+        /// Label of the stage that decided.
+        plugin: String,
+    },
+    /// Publish the original to the dead-letter subject with `reason`, then
+    /// terminate the source.
+    DeadLetter {
+        /// Why, for the `Sluice-Reason` header.
+        reason: String,
+        /// Label of the stage that decided (or produced the refused output).
+        plugin: String,
+    },
+    /// Nak the source for redelivery.
+    Retry {
+        /// The guest's requested delay; `None` means the tenant's backoff.
+        delay: Option<Duration>,
+        /// Set when a guest failure (not a verdict) caused the retry.
+        failure: Option<GuestFailure>,
+        /// Label of the stage concerned.
+        plugin: String,
+    },
+}
+
+impl Outcome {
+    /// Bounded label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Publish { .. } => "publish",
+            Outcome::Ack { .. } => "ack",
+            Outcome::DeadLetter { .. } => "dead-letter",
+            Outcome::Retry { .. } => "retry",
+        }
+    }
+}
+
+/// The pure part of a tenant's pipeline: what it needs to apply the verdict
+/// rules, without the plugins themselves.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    /// The tenant's id.
+    pub tenant: String,
+    /// Where `next` after the last stage publishes.
+    pub output: Template,
+    /// Subject patterns outputs must match.
+    pub permits: Vec<String>,
+    /// Label (`name@digest`) of each stage, in order.
+    pub labels: Vec<String>,
+}
+
+impl Chain {
+    /// Run `source` through the stages. `call(i, origin, msg)` runs stage
+    /// `i`. The source itself is left untouched for dead-lettering.
+    pub fn run<F>(&self, origin: &Origin, source: &Message, mut call: F) -> Outcome
+    where
+        F: FnMut(usize, &Origin, Message) -> Result<Verdict, GuestFailure>,
+    {
+        let mut msg = source.clone();
+        for (i, label) in self.labels.iter().enumerate() {
+            let verdict = match call(i, origin, msg) {
+                Ok(v) => v,
+                Err(failure) => {
+                    return Outcome::Retry {
+                        delay: None,
+                        failure: Some(failure),
+                        plugin: label.clone(),
+                    };
+                }
+            };
+            match verdict {
+                Verdict::Next(m) => msg = m,
+                Verdict::Publish(outputs) => return self.publish(origin, source, outputs, label),
+                Verdict::Ack => {
+                    return Outcome::Ack {
+                        plugin: label.clone(),
+                    };
+                }
+                Verdict::DeadLetter(reason) => {
+                    return Outcome::DeadLetter {
+                        reason,
+                        plugin: label.clone(),
+                    };
+                }
+                Verdict::Retry(ms) => {
+                    return Outcome::Retry {
+                        delay: Some(Duration::from_millis(ms.into())),
+                        failure: None,
+                        plugin: label.clone(),
+                    };
+                }
+            }
+        }
+        let last = self.labels.last().cloned().unwrap_or_default();
+        msg.subject = self.output.render(&self.tenant, &msg.subject);
+        self.publish(origin, source, vec![msg], &last)
+    }
+
+    /// Check every output's subject, then stamp the host's headers. One
+    /// refused subject dead-letters the whole message: publishing only some
+    /// outputs would be a partial result nobody asked for.
+    fn publish(
+        &self,
+        origin: &Origin,
+        source: &Message,
+        outputs: Vec<Message>,
+        label: &str,
+    ) -> Outcome {
+        if outputs.is_empty() {
+            return Outcome::Ack {
+                plugin: label.to_owned(),
+            };
+        }
+        for out in &outputs {
+            if let Err(e) = subject::validate_subject(&out.subject) {
+                return Outcome::DeadLetter {
+                    reason: format!("output refused: {e}"),
+                    plugin: label.to_owned(),
+                };
+            }
+            if !self
+                .permits
+                .iter()
+                .any(|p| subject::matches(p, &out.subject))
+            {
+                return Outcome::DeadLetter {
+                    reason: format!(
+                        "output subject `{}` is outside tenant `{}`'s permitted subjects ({})",
+                        out.subject,
+                        self.tenant,
+                        self.permits.join(", ")
+                    ),
+                    plugin: label.to_owned(),
+                };
+            }
+        }
+        let outputs = outputs
+            .into_iter()
+            .enumerate()
+            .map(|(index, out)| self.stamp(origin, source, out, index, label))
+            .collect();
+        Outcome::Publish {
+            outputs,
+            plugin: label.to_owned(),
+        }
+    }
+
+    fn stamp(
+        &self,
+        origin: &Origin,
+        source: &Message,
+        mut out: Message,
+        index: usize,
+        label: &str,
+    ) -> Message {
+        out.headers.retain(|(k, _)| !host_owned(k));
+        // Pass through the source's headers (correlation id, traceparent…)
+        // that the guest neither kept nor replaced.
+        for (k, v) in &source.headers {
+            if !host_owned(k) && out.header(k).is_none() {
+                out.headers.push((k.clone(), v.clone()));
+            }
+        }
+        out.headers
+            .push((TENANT_HEADER.to_owned(), self.tenant.clone()));
+        out.headers
+            .push((PLUGIN_HEADER.to_owned(), label.to_owned()));
+        out.headers.push((
+            MSG_ID_HEADER.to_owned(),
+            format!("{}:{}:{}", origin.stream, origin.stream_seq, index),
+        ));
+        out
+    }
+}
+
+/// One stage: a plugin version with its config, belonging to one tenant's
+/// pipeline. Its `id` keys the live instances that serve it, so instances
+/// never cross tenants or versions.
+#[derive(Debug)]
+pub struct Stage {
+    /// Unique for the life of the process.
+    pub id: u64,
+    /// The plugin version.
+    pub plugin: Arc<Plugin>,
+    /// Passed to `init`.
+    pub config: Vec<(String, String)>,
+}
+
+impl Stage {
+    /// A stage with a fresh id.
+    pub fn new(plugin: Arc<Plugin>, config: Vec<(String, String)>) -> Arc<Self> {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Arc::new(Stage {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            plugin,
+            config,
+        })
+    }
+}
+
+/// A tenant's pipeline: the chain's rules and the stages that feed it.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// The verdict rules.
+    pub chain: Chain,
+    /// The stages, in order.
+    pub stages: Vec<Arc<Stage>>,
+}
+
+impl Pipeline {
+    /// Build from stages; labels come from the plugin versions.
+    pub fn new(
+        tenant: &str,
+        output: Template,
+        permits: Vec<String>,
+        stages: Vec<Arc<Stage>>,
+    ) -> Self {
+        Pipeline {
+            chain: Chain {
+                tenant: tenant.to_owned(),
+                output,
+                permits,
+                labels: stages.iter().map(|s| s.plugin.label().to_owned()).collect(),
+            },
+            stages,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wasm::FailureKind;
+
+    fn chain(stages: usize) -> Chain {
+        Chain {
+            tenant: "acme".into(),
+            output: Template::parse("{tenant}.out.{subject[2..]}").unwrap(),
+            permits: vec!["acme.out.>".into()],
+            labels: (0..stages).map(|i| format!("p{i}@abc")).collect(),
+        }
+    }
+
+    fn origin() -> Origin {
+        Origin {
+            tenant: "acme".into(),
+            stream: "IN".into(),
+            stream_seq: 7,
+            delivered: 1,
+            published_ms: 0,
+        }
+    }
+
+    fn source() -> Message {
+        let mut m = Message::new("acme.in.orders", "{}");
+        m.headers.push(("Traceparent".into(), "00-abc".into()));
+        m.headers.push(("Nats-Msg-Id".into(), "producer-id".into()));
+        m
+    }
+
+    #[test]
+    fn next_through_every_stage_publishes_to_the_default_output() {
+        let mut seen = Vec::new();
+        let out = chain(3).run(&origin(), &source(), |i, _, mut m| {
+            seen.push(i);
+            m.payload.push(b'0' + i as u8);
+            Ok(Verdict::Next(m))
+        });
+        assert_eq!(seen, vec![0, 1, 2]);
+        let Outcome::Publish { outputs, plugin } = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(plugin, "p2@abc");
+        assert_eq!(outputs.len(), 1);
+        let o = &outputs[0];
+        assert_eq!(o.subject, "acme.out.orders");
+        assert_eq!(o.payload, b"{}012");
+        assert_eq!(o.header("Traceparent"), Some("00-abc"));
+        assert_eq!(o.header(TENANT_HEADER), Some("acme"));
+        assert_eq!(o.header(PLUGIN_HEADER), Some("p2@abc"));
+        assert_eq!(o.header(MSG_ID_HEADER), Some("IN:7:0"));
+        assert_eq!(
+            o.headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(MSG_ID_HEADER))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn publish_ends_the_chain_and_numbers_outputs() {
+        let out = chain(2).run(&origin(), &source(), |i, _, m| {
+            assert_eq!(i, 0, "the second stage must not run");
+            let mut a = m.clone();
+            a.subject = "acme.out.a".into();
+            a.set_header(TENANT_HEADER, "evil");
+            let mut b = m;
+            b.subject = "acme.out.b".into();
+            Ok(Verdict::Publish(vec![a, b]))
+        });
+        let Outcome::Publish { outputs, .. } = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(outputs[0].header(TENANT_HEADER), Some("acme"));
+        assert_eq!(outputs[1].header(MSG_ID_HEADER), Some("IN:7:1"));
+    }
+
+    #[test]
+    fn an_output_outside_the_permits_dead_letters_everything() {
+        let out = chain(1).run(&origin(), &source(), |_, _, mut m| {
+            m.subject = "globex.out.orders".into();
+            let ok = Message::new("acme.out.ok", "x");
+            Ok(Verdict::Publish(vec![ok, m]))
+        });
+        let Outcome::DeadLetter { reason, .. } = out else {
+            panic!("{out:?}")
+        };
+        assert!(reason.contains("globex.out.orders"), "{reason}");
+        assert!(reason.contains("permitted"), "{reason}");
+    }
+
+    #[test]
+    fn invalid_output_subject_dead_letters() {
+        let out = chain(1).run(&origin(), &source(), |_, _, mut m| {
+            m.subject = "acme.out.*".into();
+            Ok(Verdict::Publish(vec![m]))
+        });
+        assert!(matches!(out, Outcome::DeadLetter { .. }), "{out:?}");
+    }
+
+    #[test]
+    fn verdicts_map_to_outcomes() {
+        let c = chain(2);
+        let ack = c.run(&origin(), &source(), |_, _, _| Ok(Verdict::Ack));
+        assert_eq!(
+            ack,
+            Outcome::Ack {
+                plugin: "p0@abc".into()
+            }
+        );
+        let empty = c.run(&origin(), &source(), |_, _, _| Ok(Verdict::Publish(vec![])));
+        assert_eq!(empty.kind(), "ack");
+        let dl = c.run(&origin(), &source(), |i, _, m| {
+            if i == 0 {
+                Ok(Verdict::Next(m))
+            } else {
+                Ok(Verdict::DeadLetter("bad".into()))
+            }
+        });
+        assert_eq!(
+            dl,
+            Outcome::DeadLetter {
+                reason: "bad".into(),
+                plugin: "p1@abc".into()
+            }
+        );
+        let retry = c.run(&origin(), &source(), |_, _, _| Ok(Verdict::Retry(250)));
+        assert_eq!(
+            retry,
+            Outcome::Retry {
+                delay: Some(Duration::from_millis(250)),
+                failure: None,
+                plugin: "p0@abc".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_guest_failure_is_a_retry_with_its_cause() {
+        let failure = GuestFailure {
+            kind: FailureKind::Deadline,
+            message: "too slow".into(),
+        };
+        let f = failure.clone();
+        let out = chain(2).run(&origin(), &source(), move |_, _, _| Err(f.clone()));
+        assert_eq!(
+            out,
+            Outcome::Retry {
+                delay: None,
+                failure: Some(failure),
+                plugin: "p0@abc".into()
+            }
+        );
+    }
+}

@@ -1,0 +1,57 @@
+//! The one place `bindgen!` runs: host-side bindings of the `handler` world in
+//! `wit/`. Everything else in the crate uses the host's own message types and
+//! converts at this boundary.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "handler",
+});
+
+use self::sluice::pipeline::types as wit;
+use crate::message;
+
+impl From<message::Message> for wit::Message {
+    fn from(m: message::Message) -> Self {
+        wit::Message {
+            subject: m.subject,
+            headers: m.headers,
+            payload: m.payload,
+        }
+    }
+}
+
+impl From<wit::Message> for message::Message {
+    fn from(m: wit::Message) -> Self {
+        message::Message {
+            subject: m.subject,
+            headers: m.headers,
+            payload: m.payload,
+        }
+    }
+}
+
+impl From<&message::Origin> for wit::Origin {
+    fn from(o: &message::Origin) -> Self {
+        wit::Origin {
+            tenant: o.tenant.clone(),
+            stream: o.stream.clone(),
+            stream_seq: o.stream_seq,
+            delivered: o.delivered,
+            published_ms: o.published_ms,
+        }
+    }
+}
+
+impl From<wit::Verdict> for message::Verdict {
+    fn from(v: wit::Verdict) -> Self {
+        match v {
+            wit::Verdict::Next(m) => message::Verdict::Next(m.into()),
+            wit::Verdict::Publish(ms) => {
+                message::Verdict::Publish(ms.into_iter().map(Into::into).collect())
+            }
+            wit::Verdict::Ack => message::Verdict::Ack,
+            wit::Verdict::DeadLetter(r) => message::Verdict::DeadLetter(r),
+            wit::Verdict::Retry(ms) => message::Verdict::Retry(ms),
+        }
+    }
+}

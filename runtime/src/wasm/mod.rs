@@ -1,0 +1,425 @@
+//! The guest runtime: one wasmtime `Engine` with epoch interruption, the
+//! compiled-component cache, loading a plugin file into a ready-to-instantiate
+//! [`Plugin`], and [`GuestInstance`] — one live instance serving one tenant,
+//! called under a deadline and a memory limit. Which instance serves which
+//! message is the worker pool's business ([`pool`]); what a verdict means is
+//! the pipeline's.
+
+mod bindings;
+mod cache;
+pub mod pool;
+mod sandbox;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, types::ComponentItem};
+use wasmtime::{Config, Engine, Store, Trap};
+
+use crate::message::{Message, Origin, Verdict};
+use bindings::{Handler, HandlerPre};
+use sandbox::HostState;
+
+pub use cache::CompileCache;
+
+/// How often the epoch advances. Deadlines are counted in these ticks, so this
+/// is their precision; 5 ms keeps the ticker thread's wake-ups negligible
+/// while a 100 ms deadline stays within 5 %.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Failures to load, compile or initialise a plugin: host-side errors, as
+/// opposed to a [`GuestFailure`] during a call.
+#[derive(Debug, thiserror::Error)]
+pub enum WasmError {
+    /// The engine could not be created.
+    #[error("cannot create the WebAssembly engine")]
+    Engine(#[source] wasmtime::Error),
+    /// The plugin file could not be read.
+    #[error("cannot read plugin `{plugin}` from {}", path.display())]
+    Read {
+        /// Plugin name.
+        plugin: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bytes are not a WebAssembly component this engine can compile.
+    #[error("plugin `{plugin}` is not a valid WebAssembly component")]
+    Compile {
+        /// Plugin name.
+        plugin: String,
+        /// The compiler's reason.
+        #[source]
+        source: wasmtime::Error,
+    },
+    /// A component, but not a Sluice handler.
+    #[error("plugin `{plugin}` is not a sluice handler: {detail}")]
+    NotHandler {
+        /// Plugin name.
+        plugin: String,
+        /// What is missing and what the component exports instead.
+        detail: String,
+    },
+    /// The guest's `init` rejected the stage config.
+    #[error("plugin `{plugin}` rejected its config: {message}")]
+    InitRejected {
+        /// Plugin name.
+        plugin: String,
+        /// The guest's error text.
+        message: String,
+    },
+    /// Instantiation or `init` trapped, ran out of time or memory.
+    #[error("plugin `{plugin}` failed to start: {failure}")]
+    InitFailed {
+        /// Plugin name.
+        plugin: String,
+        /// How it failed.
+        failure: GuestFailure,
+    },
+}
+
+/// How a guest call failed. A value, not an error: the pipeline turns it into
+/// a retry, and the instance that failed is thrown away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFailure {
+    /// The kind, a bounded set for metrics.
+    pub kind: FailureKind,
+    /// What happened, for logs and dead-letter reasons.
+    pub message: String,
+}
+
+impl std::fmt::Display for GuestFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.message)
+    }
+}
+
+/// The kinds of [`GuestFailure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The call ran past its epoch deadline.
+    Deadline,
+    /// The guest tried to grow memory past its limit.
+    Memory,
+    /// Any other trap: panic, unreachable, out-of-bounds access…
+    Trap,
+    /// `init` refused the stage config on a fresh instance.
+    Init,
+}
+
+impl FailureKind {
+    /// Label value for metrics and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Deadline => "deadline",
+            FailureKind::Memory => "memory",
+            FailureKind::Trap => "trap",
+            FailureKind::Init => "init",
+        }
+    }
+}
+
+/// Per-plugin resource limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock budget of one call (and of instantiation plus `init`).
+    pub deadline: Duration,
+    /// Linear-memory limit in bytes.
+    pub memory: u64,
+}
+
+/// One compiled version of a plugin, ready to instantiate. Immutable: a new
+/// file makes a new `Plugin`, so whoever holds an `Arc<Plugin>` keeps a
+/// consistent version.
+pub struct Plugin {
+    name: Arc<str>,
+    digest: String,
+    label: Arc<str>,
+    limits: Limits,
+    pre: HandlerPre<HostState>,
+    engine: Engine,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("label", &self.label)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl Plugin {
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Hex SHA-256 of the component file.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// `name@digest12`, as the `Sluice-Plugin` header carries it.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Its limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// A fresh instance for `tenant`, initialised with `config`.
+    pub fn instantiate(
+        self: &Arc<Self>,
+        tenant: &str,
+        config: &[(String, String)],
+    ) -> Result<GuestInstance, WasmError> {
+        let state = HostState::new(Arc::from(tenant), self.name.clone(), self.limits.memory);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline_ticks(self.limits.deadline));
+        let failed = |store: &Store<HostState>, e: wasmtime::Error| WasmError::InitFailed {
+            plugin: self.name.to_string(),
+            failure: classify(store, &e),
+        };
+        let handler = match self.pre.instantiate(&mut store) {
+            Ok(h) => h,
+            Err(e) => return Err(failed(&store, e)),
+        };
+        match handler.call_init(&mut store, config) {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => {
+                return Err(WasmError::InitRejected {
+                    plugin: self.name.to_string(),
+                    message,
+                });
+            }
+            Err(e) => return Err(failed(&store, e)),
+        }
+        Ok(GuestInstance {
+            store,
+            handler,
+            plugin: self.clone(),
+        })
+    }
+}
+
+fn deadline_ticks(deadline: Duration) -> u64 {
+    // +1: the current tick may be almost over when the call starts.
+    u64::try_from(deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos())).unwrap_or(u64::MAX) + 1
+}
+
+/// Tell a deadline or memory-limit trap from any other.
+fn classify(store: &Store<HostState>, e: &wasmtime::Error) -> GuestFailure {
+    let kind = if store.data().limiter.hit {
+        FailureKind::Memory
+    } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        FailureKind::Deadline
+    } else {
+        FailureKind::Trap
+    };
+    let message = match kind {
+        FailureKind::Deadline => "handler ran past its deadline".to_owned(),
+        _ => {
+            // The root cause is the useful part (`wasm trap: unreachable`);
+            // the backtrace wasmtime attaches is too long for a header.
+            let mut text = e.root_cause().to_string();
+            if let Some(trap) = e.downcast_ref::<Trap>()
+                && !text.contains(&trap.to_string())
+            {
+                text = format!("{trap}: {text}");
+            }
+            text
+        }
+    };
+    GuestFailure { kind, message }
+}
+
+/// A live instance serving one tenant with one plugin version.
+pub struct GuestInstance {
+    store: Store<HostState>,
+    handler: Handler,
+    plugin: Arc<Plugin>,
+}
+
+impl std::fmt::Debug for GuestInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestInstance")
+            .field("plugin", &self.plugin.label)
+            .finish()
+    }
+}
+
+impl GuestInstance {
+    /// The version this instance runs.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    /// Call `handle` under the plugin's deadline. After an `Err` the
+    /// instance's state is undefined: drop it.
+    pub fn handle(&mut self, origin: &Origin, msg: Message) -> Result<Verdict, GuestFailure> {
+        self.store
+            .set_epoch_deadline(deadline_ticks(self.plugin.limits.deadline));
+        let origin = origin.into();
+        let msg = msg.into();
+        match self.handler.call_handle(&mut self.store, &origin, &msg) {
+            Ok(v) => Ok(v.into()),
+            Err(e) => Err(classify(&self.store, &e)),
+        }
+    }
+}
+
+/// The engine, the linker with the sandbox's imports, the compile cache and
+/// the epoch ticker. One per process; cheap to share behind an `Arc`.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: CompileCache,
+    ticker: Mutex<Option<JoinHandle<()>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// Create the engine; compiled code is cached in memory and, when
+    /// `cache_dir` is set, on disk.
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, WasmError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        // Guests compile once and run millions of calls: optimise for speed.
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&config).map_err(WasmError::Engine)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(WasmError::Engine)?;
+        Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(WasmError::Engine)?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let engine = engine.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("sluice-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| WasmError::Engine(e.into()))?
+        };
+        let cache = CompileCache::new(&engine, cache_dir);
+        Ok(Runtime {
+            engine,
+            linker,
+            cache,
+            ticker: Mutex::new(Some(ticker)),
+            stop,
+        })
+    }
+
+    /// The default on-disk cache folder: `$XDG_CACHE_HOME/sluice` or
+    /// `~/.cache/sluice`.
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|d| d.join("sluice"))
+    }
+
+    /// Read and load the plugin file at `path`.
+    pub fn load_file(
+        &self,
+        name: &str,
+        path: &Path,
+        limits: Limits,
+    ) -> Result<Arc<Plugin>, WasmError> {
+        let bytes = std::fs::read(path).map_err(|source| WasmError::Read {
+            plugin: name.to_owned(),
+            path: path.to_owned(),
+            source,
+        })?;
+        self.load(name, &bytes, limits)
+    }
+
+    /// Compile (or fetch from the cache) and check that the component is a
+    /// Sluice handler: it must export `init` and `handle` of the `handler`
+    /// world and import nothing the sandbox does not offer.
+    pub fn load(&self, name: &str, bytes: &[u8], limits: Limits) -> Result<Arc<Plugin>, WasmError> {
+        let digest = hex(&Sha256::digest(bytes));
+        let component = self
+            .cache
+            .get_or_compile(&self.engine, &digest, bytes)
+            .map_err(|source| WasmError::Compile {
+                plugin: name.to_owned(),
+                source,
+            })?;
+        let not_handler = |e: wasmtime::Error| WasmError::NotHandler {
+            plugin: name.to_owned(),
+            detail: format!(
+                "{} (it exports: {})",
+                e.root_cause(),
+                exports_of(&self.engine, &component)
+            ),
+        };
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(not_handler)?;
+        let pre = HandlerPre::new(pre).map_err(not_handler)?;
+        Ok(Arc::new(Plugin {
+            label: Arc::from(format!("{name}@{}", &digest[..12])),
+            name: Arc::from(name),
+            digest,
+            limits,
+            pre,
+            engine: self.engine.clone(),
+        }))
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Ok(mut t) = self.ticker.lock()
+            && let Some(t) = t.take()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+fn exports_of(engine: &Engine, component: &Component) -> String {
+    let ty = component.component_type();
+    let names: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, item)| match item.ty {
+            ComponentItem::ComponentFunc(_) => format!("func {name}"),
+            ComponentItem::ComponentInstance(_) => format!("instance {name}"),
+            _ => name.to_owned(),
+        })
+        .collect();
+    if names.is_empty() {
+        "nothing".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}

@@ -1,0 +1,218 @@
+//! Guest calls are CPU work: they run on a fixed set of worker threads fed by
+//! a bounded crossbeam channel, never on the tokio reactor. Async callers
+//! take a permit from a semaphore sized like the channel before sending, so
+//! a full pool makes them wait (backpressure) without blocking a reactor
+//! thread, and the `try_send` that follows always finds room.
+//!
+//! Each worker keeps its own live instances, keyed by stage (one tenant, one
+//! plugin version, one config), so an instance is never shared between
+//! tenants or threads and needs no lock. A failed call drops its instance;
+//! the next call on that stage gets a fresh one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+use super::{FailureKind, GuestFailure, GuestInstance, WasmError};
+use crate::message::{Message, Origin, Verdict};
+use crate::pipeline::{Outcome, Pipeline, Stage};
+
+/// After this many calls a worker drops instances whose stage is gone (a
+/// tenant removed, a plugin swapped). Sweeping is a map scan; 4096 calls
+/// keeps it far off the per-message path while freeing old versions within
+/// a fraction of a second under load.
+const SWEEP_EVERY: u32 = 4096;
+
+/// The live instances one thread owns.
+#[derive(Default)]
+pub struct StageRunner {
+    instances: HashMap<u64, (Weak<Stage>, GuestInstance)>,
+    calls: u32,
+}
+
+impl StageRunner {
+    /// Run `msg` through `pipeline` on this thread.
+    pub fn run(&mut self, pipeline: &Pipeline, origin: &Origin, msg: &Message) -> Outcome {
+        let outcome = pipeline.chain.run(origin, msg, |i, origin, m| {
+            self.call(&pipeline.stages[i], origin, m)
+        });
+        self.calls = self.calls.wrapping_add(1);
+        if self.calls.is_multiple_of(SWEEP_EVERY) {
+            self.sweep();
+        }
+        outcome
+    }
+
+    /// Call one stage, creating its instance on first use.
+    pub fn call(
+        &mut self,
+        stage: &Arc<Stage>,
+        origin: &Origin,
+        msg: Message,
+    ) -> Result<Verdict, GuestFailure> {
+        let instance = match self.instances.get_mut(&stage.id) {
+            Some((_, i)) => i,
+            None => {
+                let fresh = stage
+                    .plugin
+                    .instantiate(&origin.tenant, &stage.config)
+                    .map_err(|e| match e {
+                        WasmError::InitFailed { failure, .. } => failure,
+                        other => GuestFailure {
+                            kind: FailureKind::Init,
+                            message: other.to_string(),
+                        },
+                    })?;
+                &mut self
+                    .instances
+                    .entry(stage.id)
+                    .or_insert((Arc::downgrade(stage), fresh))
+                    .1
+            }
+        };
+        let result = instance.handle(origin, msg);
+        if result.is_err() {
+            // A trapped instance may be in any state: never call it again.
+            self.instances.remove(&stage.id);
+        }
+        result
+    }
+
+    /// Drop instances of stages nobody uses any more.
+    pub fn sweep(&mut self) {
+        self.instances
+            .retain(|_, (stage, _)| stage.strong_count() > 0);
+    }
+
+    /// Live instances held.
+    pub fn len(&self) -> usize {
+        self.instances.len()
+    }
+
+    /// Whether no instance is live.
+    pub fn is_empty(&self) -> bool {
+        self.instances.is_empty()
+    }
+}
+
+struct Job {
+    pipeline: Arc<Pipeline>,
+    origin: Origin,
+    message: Message,
+    reply: oneshot::Sender<Outcome>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The pool was shut down before the job ran.
+#[derive(Debug, thiserror::Error)]
+#[error("the worker pool has shut down")]
+pub struct PoolClosed;
+
+/// Fixed worker threads running pipelines.
+pub struct WorkerPool {
+    tx: Option<Sender<Job>>,
+    permits: Arc<Semaphore>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl WorkerPool {
+    /// Start `workers` threads behind a queue of `queue` jobs.
+    pub fn new(workers: usize, queue: usize) -> std::io::Result<Self> {
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(queue);
+        let threads = (0..workers.max(1))
+            .map(|i| {
+                let rx: Receiver<Job> = rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("sluice-worker-{i}"))
+                    .spawn(move || {
+                        let mut runner = StageRunner::default();
+                        for job in rx {
+                            let outcome = runner.run(&job.pipeline, &job.origin, &job.message);
+                            // The caller may have given up (shutdown); its
+                            // message will be redelivered.
+                            let _ = job.reply.send(outcome);
+                        }
+                    })
+            })
+            .collect::<std::io::Result<_>>()?;
+        Ok(WorkerPool {
+            tx: Some(tx),
+            permits: Arc::new(Semaphore::new(queue)),
+            threads,
+        })
+    }
+
+    /// Run a message through `pipeline` on a worker and await the outcome.
+    pub async fn run(
+        &self,
+        pipeline: Arc<Pipeline>,
+        origin: Origin,
+        message: Message,
+    ) -> Result<Outcome, PoolClosed> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| PoolClosed)?;
+        let (reply, rx) = oneshot::channel();
+        let tx = self.tx.as_ref().ok_or(PoolClosed)?;
+        let job = Job {
+            pipeline,
+            origin,
+            message,
+            reply,
+            _permit: Some(permit),
+        };
+        match tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Disconnected(_)) => return Err(PoolClosed),
+            // Holding a permit guarantees room; should the two ever
+            // disagree, hand the blocking send to a blocking thread rather
+            // than stall the reactor.
+            Err(TrySendError::Full(job)) => {
+                let tx = tx.clone();
+                tokio::task::spawn_blocking(move || tx.send(job).is_ok())
+                    .await
+                    .map_err(|_| PoolClosed)?
+                    .then_some(())
+                    .ok_or(PoolClosed)?;
+            }
+        }
+        rx.await.map_err(|_| PoolClosed)
+    }
+
+    /// Blocking variant for threads outside tokio (benches, the CLI).
+    pub fn run_blocking(
+        &self,
+        pipeline: Arc<Pipeline>,
+        origin: Origin,
+        message: Message,
+    ) -> Result<Outcome, PoolClosed> {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.tx.as_ref().ok_or(PoolClosed)?;
+        tx.send(Job {
+            pipeline,
+            origin,
+            message,
+            reply,
+            _permit: None,
+        })
+        .map_err(|_| PoolClosed)?;
+        rx.blocking_recv().map_err(|_| PoolClosed)
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        // Closing the channel ends each worker's loop once the queue drains.
+        self.tx.take();
+        self.permits.close();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}

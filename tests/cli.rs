@@ -1,0 +1,225 @@
+//! The `sluice` binary as a user runs it: `handle` prints one JSON object and
+//! exits 0 whatever the verdict; `check` validates a config and its plugins.
+
+use std::io::Write;
+use std::process::{Output, Stdio};
+
+use serde_json::Value;
+
+use crate::support::{plugin_path, sluice};
+
+fn run(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = sluice()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn handle_runs_one_plugin_and_prints_its_verdict() {
+    let transform = plugin_path("transform");
+    let out = run(
+        &[
+            "handle",
+            "--plugin",
+            transform.to_str().unwrap(),
+            "--plugin-config",
+            "rename.user=customer",
+            "--subject",
+            "acme.in.orders",
+            "--header",
+            "Correlation-Id=c1",
+        ],
+        br#"{"user":"ann","total":3}"#,
+    );
+    let v = json(&out);
+    assert_eq!(v["verdict"], "next", "{v}");
+    assert_eq!(v["message"]["subject"], "acme.in.orders");
+    assert_eq!(
+        v["message"]["headers"][0],
+        serde_json::json!(["Correlation-Id", "c1"])
+    );
+    let payload: Value = serde_json::from_str(v["message"]["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(payload, serde_json::json!({"customer": "ann", "total": 3}));
+}
+
+#[test]
+fn handle_reports_dead_letters_and_traps_with_exit_0() {
+    let transform = plugin_path("transform");
+    let v = json(&run(
+        &["handle", "--plugin", transform.to_str().unwrap()],
+        b"not json",
+    ));
+    assert_eq!(v["verdict"], "dead-letter");
+    assert!(
+        v["reason"].as_str().unwrap().contains("not valid JSON"),
+        "{v}"
+    );
+
+    let spin = plugin_path("spin");
+    let v = json(&run(
+        &[
+            "handle",
+            "--plugin",
+            spin.to_str().unwrap(),
+            "--deadline",
+            "20ms",
+        ],
+        b"{}",
+    ));
+    assert_eq!(v["verdict"], "retry");
+    assert_eq!(v["cause"]["kind"], "deadline", "{v}");
+
+    let counter = plugin_path("counter");
+    let v = json(&run(
+        &["handle", "--plugin", counter.to_str().unwrap()],
+        b"boom",
+    ));
+    assert_eq!(v["cause"]["kind"], "trap", "{v}");
+}
+
+#[test]
+fn handle_prints_binary_payloads_as_base64() {
+    let echo = plugin_path("echo");
+    let v = json(&run(
+        &["handle", "--plugin", echo.to_str().unwrap()],
+        &[0xff, 0x00, 0xfe],
+    ));
+    assert_eq!(v["message"]["payload_base64"], "/wD+", "{v}");
+    assert!(v["message"].get("payload").is_none());
+}
+
+#[test]
+fn handle_runs_a_configured_pipeline() {
+    let out = run(
+        &[
+            "handle",
+            "--config",
+            "examples/dev.toml",
+            "--tenant",
+            "acme",
+            "--subject",
+            "acme.in.orders",
+        ],
+        br#"{"type":"order","user":"ann","tenant_id":"globex"}"#,
+    );
+    let v = json(&out);
+    assert_eq!(v["verdict"], "publish", "{v}");
+    let first = &v["messages"][0];
+    assert!(
+        first["subject"].as_str().unwrap().starts_with("acme.out."),
+        "{v}"
+    );
+    let payload: Value = serde_json::from_str(first["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        payload["tenant_id"], "acme",
+        "the host-vouched tenant wins: {payload}"
+    );
+    let headers = first["headers"].as_array().unwrap();
+    assert!(
+        headers.contains(&serde_json::json!(["Sluice-Tenant", "acme"])),
+        "{v}"
+    );
+}
+
+#[test]
+fn handle_fails_clearly_when_the_host_cannot_run_the_plugin() {
+    let out = run(&["handle", "--plugin", "no/such/file.wasm"], b"{}");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no/such/file.wasm"), "{err}");
+
+    // A file that is not a component at all.
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("bogus.wasm");
+    std::fs::write(&bogus, b"\0asm garbage").unwrap();
+    let out = run(&["handle", "--plugin", bogus.to_str().unwrap()], b"{}");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bogus") && err.contains("not a valid WebAssembly component"),
+        "{err}"
+    );
+
+    // A config the plugin rejects.
+    let transform = plugin_path("transform");
+    let out = run(
+        &[
+            "handle",
+            "--plugin",
+            transform.to_str().unwrap(),
+            "--plugin-config",
+            "bogus=1",
+        ],
+        b"{}",
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rejected its config") && err.contains("bogus"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_accepts_the_example_and_names_the_key_of_a_bad_one() {
+    let out = run(&["check", "--config", "examples/dev.toml"], b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+
+    let out = run(
+        &[
+            "check",
+            "--config",
+            "tests/golden/config/unknown-tenant-key.toml",
+        ],
+        b"",
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown-tenant-key.toml") && err.contains("filtr"),
+        "{err}"
+    );
+
+    // A stage config the plugin's init rejects is caught by check too.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sluice.toml");
+    let example =
+        std::fs::read_to_string(crate::support::root().join("examples/dev.toml")).unwrap();
+    let dist = crate::support::root().join("plugins/dist");
+    let broken = example
+        .replace(
+            "\"../plugins/dist\"",
+            &format!("{:?}", dist.to_str().unwrap()),
+        )
+        .replacen("config = {", "config = { nonsense = \"1\",", 1);
+    std::fs::write(&cfg, broken).unwrap();
+    let out = run(&["check", "--config", cfg.to_str().unwrap()], b"");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pipeline[") && err.contains("nonsense"),
+        "{err}"
+    );
+}

@@ -1,0 +1,12 @@
+//! Sluice's integration tests: one binary, one module per area. Every test
+//! uses real components built from the sources in `plugins/` (run
+//! `scripts/build-plugins` first; `scripts/test` does).
+
+// Tests may unwrap and panic: a failed assumption is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod cli;
+mod config;
+mod plugins;
+mod sandbox;
+mod support;
