@@ -172,7 +172,7 @@ fn the_worker_pool_runs_pipelines_off_the_async_reactor() {
         let jobs = (0..100).map(|i| {
             let mut o = origin("acme");
             o.stream_seq = i;
-            pool.run(pipeline.clone(), o, msg("acme.in.orders", "{}"))
+            pool.run(pipeline.clone(), o, Arc::new(msg("acme.in.orders", "{}")))
         });
         futures::future::join_all(jobs).await
     });

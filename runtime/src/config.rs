@@ -47,6 +47,9 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The host process: shutdown, provisioning.
+    #[serde(default)]
+    pub host: HostConfig,
     /// The guest runtime: worker threads, queue, compiled-code cache.
     #[serde(default)]
     pub wasm: WasmConfig,
@@ -72,6 +75,21 @@ pub struct Config {
     /// The file this was read from, for error messages.
     #[serde(skip)]
     pub file: PathBuf,
+}
+
+/// `[host]`: the process as a whole.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// On SIGTERM/SIGINT, how long in-flight messages may take to finish
+    /// before the host exits and leaves the rest for redelivery. Default 10 s.
+    #[serde(default = "default_grace", with = "duration")]
+    pub shutdown_grace: Duration,
+    /// Create missing streams and consumers at start-up (as `sluice
+    /// provision` does) instead of only verifying them. Default false:
+    /// operators often provision with credentials the host does not have.
+    #[serde(default)]
+    pub provision: bool,
 }
 
 /// `[wasm]`: the guest runtime.
@@ -164,6 +182,11 @@ pub struct TenantDefaults {
     /// repeats. Default `["1s", "5s", "30s"]`.
     #[serde(default = "default_backoff", with = "duration_list")]
     pub backoff: Vec<Duration>,
+    /// Duplicate window of output and dead-letter streams that `provision`
+    /// creates: a redelivered message re-published within it is dropped by
+    /// JetStream. Default 2 min.
+    #[serde(default = "default_duplicate_window", with = "duration")]
+    pub duplicate_window: Duration,
 }
 
 /// `[tenants.ID]`: one tenant.
@@ -188,6 +211,15 @@ pub struct TenantConfig {
     pub permit: Option<Vec<String>>,
     /// The stages, in order.
     pub pipeline: Vec<StageConfig>,
+    /// The stream that stores this tenant's outputs. `provision` creates it
+    /// (capturing the permitted subjects, with a duplicate window) when it
+    /// is missing; without it, outputs must land in a stream made by other
+    /// means.
+    #[serde(default)]
+    pub output_stream: Option<String>,
+    /// The stream that stores this tenant's dead letters; as `output_stream`.
+    #[serde(default)]
+    pub dead_letter_stream: Option<String>,
     /// The tenant's own NATS connection (another account, other
     /// credentials). Default: `[nats]`.
     #[serde(default)]
@@ -265,6 +297,25 @@ fn default_consumer() -> String {
     "sluice".to_owned()
 }
 
+/// Long enough for a handler mid-call and its publishes to finish; short
+/// enough for an orchestrator's default kill timeout (30 s).
+const fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
+/// JetStream's own default.
+const fn default_duplicate_window() -> Duration {
+    Duration::from_secs(120)
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            shutdown_grace: default_grace(),
+            provision: false,
+        }
+    }
+}
+
 impl Default for WasmConfig {
     fn default() -> Self {
         WasmConfig {
@@ -305,6 +356,7 @@ impl Default for TenantDefaults {
             ack_wait: default_ack_wait(),
             max_deliver: default_max_deliver(),
             backoff: default_backoff(),
+            duplicate_window: default_duplicate_window(),
         }
     }
 }

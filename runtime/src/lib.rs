@@ -9,16 +9,26 @@
 //! - [`plugin`] resolves the plugins a configuration names and builds each
 //!   tenant's pipeline from them;
 //! - [`pipeline`] applies the verdict rules to decide an [`pipeline::Outcome`];
+//! - [`source`] connects to NATS and binds (or provisions) streams and
+//!   consumers; [`tenant`] runs each tenant's pull loop; [`sink`] publishes
+//!   outputs and dead letters and settles the source; [`service`] ties them
+//!   into the running host;
+//! - [`nats_server`] runs a throwaway nats-server for `sluice dev` and tests;
 //! - [`subject`] validates and matches NATS subjects;
 //! - [`cli`] is the `sluice` command line; [`telemetry`] sets up logging.
 
 pub mod cli;
 pub mod config;
 pub mod message;
+pub mod nats_server;
 pub mod pipeline;
 pub mod plugin;
+pub mod service;
+pub mod sink;
+pub mod source;
 pub mod subject;
 pub mod telemetry;
+pub mod tenant;
 pub mod wasm;
 
 pub use message::{Message, Origin, Verdict};

@@ -26,6 +26,15 @@ fn host_owned(name: &str) -> bool {
     lower.starts_with("sluice-") || lower.starts_with("nats-")
 }
 
+/// NATS headers travel as text lines: a name with `:` or whitespace, or a
+/// line break anywhere, would forge other headers. Guests are not trusted
+/// with that.
+fn valid_header(name: &str, value: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+        && !value.bytes().any(|b| b == b'\r' || b == b'\n')
+}
+
 /// What the pipeline decided for one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -150,6 +159,15 @@ impl Chain {
             };
         }
         for out in &outputs {
+            if let Some((name, _)) = out.headers.iter().find(|(k, v)| !valid_header(k, v)) {
+                return Outcome::DeadLetter {
+                    reason: format!(
+                        "output refused: header `{}` has an invalid name or value (empty name, `:`, whitespace or line breaks)",
+                        name.escape_debug()
+                    ),
+                    plugin: label.to_owned(),
+                };
+            }
             if let Err(e) = subject::validate_subject(&out.subject) {
                 return Outcome::DeadLetter {
                     reason: format!("output refused: {e}"),
@@ -356,6 +374,22 @@ mod tests {
         };
         assert!(reason.contains("globex.out.orders"), "{reason}");
         assert!(reason.contains("permitted"), "{reason}");
+    }
+
+    #[test]
+    fn header_injection_dead_letters() {
+        for (k, v) in [
+            ("X-A", "1\r\nSluice-Tenant: evil"),
+            ("Bad Name", "1"),
+            ("a:b", "1"),
+            ("", "1"),
+        ] {
+            let out = chain(1).run(&origin(), &source(), |_, _, mut m| {
+                m.headers.push((k.into(), v.into()));
+                Ok(Verdict::Next(m))
+            });
+            assert!(matches!(out, Outcome::DeadLetter { .. }), "{k:?}: {out:?}");
+        }
     }
 
     #[test]

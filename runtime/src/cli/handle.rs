@@ -243,7 +243,7 @@ fn outcome_json(outcome: &Outcome, backoff: &[Duration], delivered: u32) -> Valu
             failure,
             plugin,
         } => {
-            let delay = delay.unwrap_or_else(|| backoff_for(backoff, delivered));
+            let delay = delay.unwrap_or_else(|| crate::sink::backoff_for(backoff, delivered));
             let mut v =
                 json!({"verdict": "retry", "delay_ms": delay.as_millis(), "plugin": plugin});
             if let (Some(f), Some(obj)) = (failure, v.as_object_mut()) {
@@ -252,14 +252,4 @@ fn outcome_json(outcome: &Outcome, backoff: &[Duration], delivered: u32) -> Valu
             v
         }
     }
-}
-
-/// The backoff delay for a delivery: the n-th entry, the last one repeating.
-pub fn backoff_for(backoff: &[Duration], delivered: u32) -> Duration {
-    let i = usize::try_from(delivered.saturating_sub(1)).unwrap_or(usize::MAX);
-    backoff
-        .get(i)
-        .or(backoff.last())
-        .copied()
-        .unwrap_or(Duration::from_secs(1))
 }

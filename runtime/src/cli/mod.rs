@@ -1,7 +1,9 @@
 //! The `sluice` command line: one subcommand per job, each in its own module.
 
 mod check;
+mod dev;
 mod handle;
+mod run;
 
 use std::path::PathBuf;
 
@@ -33,6 +35,25 @@ pub enum Command {
     /// Run one plugin (or a configured pipeline) on one message read from
     /// stdin, without NATS, and print the verdict as JSON.
     Handle(handle::HandleArgs),
+    /// Run the configured tenants until SIGINT/SIGTERM.
+    Run {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Create missing streams and consumers (never replacing, shrinking or
+    /// deleting what exists); report differences.
+    Provision {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Only check; create nothing, fail if something is missing.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// A local nats-server, the example tenants and plugins, sample traffic
+    /// and a live summary, until Ctrl-C.
+    Dev(dev::DevArgs),
 }
 
 /// Run the parsed command line.
@@ -46,7 +67,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             telemetry::init(cli.log_format, "warn");
             handle::run(args)
         }
+        Command::Run { config } => {
+            telemetry::init(cli.log_format, "info");
+            tokio_runtime()?.block_on(run::run(&config))
+        }
+        Command::Provision { config, verify } => {
+            telemetry::init(cli.log_format, "warn");
+            tokio_runtime()?.block_on(run::provision(&config, verify))
+        }
+        Command::Dev(args) => {
+            telemetry::init(cli.log_format, "warn");
+            tokio_runtime()?.block_on(dev::run(args))
+        }
     }
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sluice-io")
+        .build()?)
 }
 
 /// The compiled-code cache folder a config asks for (or the default).

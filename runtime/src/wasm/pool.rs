@@ -101,7 +101,7 @@ impl StageRunner {
 struct Job {
     pipeline: Arc<Pipeline>,
     origin: Origin,
-    message: Message,
+    message: Arc<Message>,
     reply: oneshot::Sender<Outcome>,
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -150,7 +150,7 @@ impl WorkerPool {
         &self,
         pipeline: Arc<Pipeline>,
         origin: Origin,
-        message: Message,
+        message: Arc<Message>,
     ) -> Result<Outcome, PoolClosed> {
         let permit = self
             .permits
@@ -190,7 +190,7 @@ impl WorkerPool {
         &self,
         pipeline: Arc<Pipeline>,
         origin: Origin,
-        message: Message,
+        message: Arc<Message>,
     ) -> Result<Outcome, PoolClosed> {
         let (reply, rx) = oneshot::channel();
         let tx = self.tx.as_ref().ok_or(PoolClosed)?;

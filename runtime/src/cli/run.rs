@@ -1,0 +1,69 @@
+//! `sluice run` and `sluice provision`.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use crate::config::Config;
+use crate::service::Service;
+use crate::source::{self, Connections, Report};
+
+/// Run until SIGINT or SIGTERM, then shut down gracefully.
+pub async fn run(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let service = Service::start(config).await?;
+    tracing::info!(tenants = service.tenants().len(), "sluice is running");
+    shutdown_signal().await?;
+    tracing::info!("shutting down: no more pulls, letting in-flight messages settle");
+    service.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Create what is missing (or, with `verify`, only check), tenant by tenant;
+/// print what was created and every difference found. Fails if anything is
+/// missing (with `verify`) or cannot be created.
+pub async fn provision(path: &Path, verify: bool) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let mut connections = Connections::default();
+    let mut problems = Vec::new();
+    for (id, tenant) in &config.tenants {
+        let client = connections
+            .get(source::tenant_nats(&config, tenant), &config.base_dir)
+            .await
+            .with_context(|| format!("tenant `{id}`: connecting to NATS"))?;
+        let js = source::jetstream(client);
+        let mut report = Report::default();
+        let result = source::ensure_tenant(&js, &config, id, !verify, &mut report).await;
+        for created in &report.created {
+            println!("{id}: created {created}");
+        }
+        for warning in &report.warnings {
+            println!("{id}: warning: {warning}");
+        }
+        match result {
+            Ok(_) => println!("{id}: ok"),
+            Err(e) => {
+                let e = anyhow::Error::from(e);
+                println!("{id}: {e:#}");
+                problems.push(format!("tenant `{id}`: {e:#}"));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{}", problems.join("; "))
+    }
+}

@@ -1,0 +1,408 @@
+//! The JetStream side of input: connections (one per distinct server set and
+//! credentials, so tenants in the same account share one and tenants in
+//! different accounts get their own), and the streams and consumers each
+//! tenant reads from — verified by default, created when asked to, never
+//! replaced, shrunk or deleted.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{Client, ConnectOptions};
+
+use crate::config::{Config, NatsConfig, TenantConfig};
+
+/// How long a JetStream API request (stream info, publish ack) may take
+/// before it counts as failed. The server answers in milliseconds; 5 s rides
+/// out a leader election without stalling a pull loop for long.
+pub const API_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connecting failed before any server was tried (bad credentials file…).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The nkey seed or creds file could not be read.
+    #[error("cannot read credentials file {}", path.display())]
+    Credentials {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A server URL does not parse.
+    #[error("`{url}` is not a NATS server URL")]
+    Url {
+        /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The client refused the options.
+    #[error("cannot connect to {servers}")]
+    Connect {
+        /// The URLs tried.
+        servers: String,
+        /// Why.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+}
+
+/// Connect with the given settings. Returns at once even when no server is
+/// up: the client keeps retrying in the background, so a host started
+/// before NATS comes up on its own.
+pub async fn connect(
+    nats: &NatsConfig,
+    base_dir: &Path,
+    name: &str,
+) -> Result<Client, ConnectError> {
+    let servers = nats.servers.join(", ");
+    let mut options = ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(API_TIMEOUT));
+    let servers_field = servers.clone();
+    options = options.event_callback(move |event| {
+        let servers = servers_field.clone();
+        async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!(%servers, "connected to NATS"),
+                async_nats::Event::Disconnected => {
+                    tracing::warn!(%servers, "disconnected from NATS; reconnecting in the background")
+                }
+                other => tracing::debug!(%servers, event = %other, "NATS connection event"),
+            }
+        }
+    });
+    if let Some(token) = &nats.token {
+        options = options.token(token.clone());
+    }
+    if let (Some(user), Some(password)) = (&nats.user, &nats.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(path) = &nats.nkey_file {
+        let path = base_dir.join(path);
+        let seed = std::fs::read_to_string(&path)
+            .map_err(|source| ConnectError::Credentials { path, source })?;
+        options = options.nkey(seed.trim().to_owned());
+    }
+    if let Some(path) = &nats.creds_file {
+        let path = base_dir.join(path);
+        options = options
+            .credentials_file(&path)
+            .await
+            .map_err(|source| ConnectError::Credentials { path, source })?;
+    }
+    let addrs: Vec<async_nats::ServerAddr> = nats
+        .servers
+        .iter()
+        .map(|s| {
+            s.parse().map_err(|source| ConnectError::Url {
+                url: s.clone(),
+                source,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    options
+        .connect(addrs)
+        .await
+        .map_err(|source| ConnectError::Connect { servers, source })
+}
+
+/// Connections shared by tenants with identical NATS settings.
+#[derive(Default)]
+pub struct Connections {
+    clients: HashMap<NatsConfig, Client>,
+}
+
+impl Connections {
+    /// The connection for `nats`, made on first use.
+    pub async fn get(
+        &mut self,
+        nats: &NatsConfig,
+        base_dir: &Path,
+    ) -> Result<Client, ConnectError> {
+        if let Some(c) = self.clients.get(nats) {
+            return Ok(c.clone());
+        }
+        let client = connect(nats, base_dir, "sluice").await?;
+        self.clients.insert(nats.clone(), client.clone());
+        Ok(client)
+    }
+
+    /// Every connection made.
+    pub fn clients(&self) -> impl Iterator<Item = &Client> {
+        self.clients.values()
+    }
+}
+
+/// A JetStream context with the host's API timeout.
+pub fn jetstream(client: Client) -> jetstream::Context {
+    let mut js = jetstream::new(client);
+    js.set_timeout(API_TIMEOUT);
+    js
+}
+
+/// The NATS settings a tenant uses.
+pub fn tenant_nats<'a>(config: &'a Config, tenant: &'a TenantConfig) -> &'a NatsConfig {
+    tenant.nats.as_ref().unwrap_or(&config.nats)
+}
+
+/// Why a tenant's topology is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// A stream or consumer does not exist and we were only verifying.
+    #[error("{what} does not exist; create it with `sluice provision --config {config}`")]
+    Missing {
+        /// `stream ACME` or `consumer ACME/sluice`.
+        what: String,
+        /// The config file, for the command.
+        config: String,
+    },
+    /// The server could not be asked (down, timeout, permissions).
+    #[error("cannot {action}")]
+    Api {
+        /// What we tried.
+        action: String,
+        /// Why.
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+impl TopologyError {
+    /// Missing pieces need an operator; API errors may pass on their own.
+    pub fn is_missing(&self) -> bool {
+        matches!(self, TopologyError::Missing { .. })
+    }
+}
+
+fn api(action: impl Into<String>) -> impl FnOnce(async_nats::Error) -> TopologyError {
+    let action = action.into();
+    move |source| TopologyError::Api { action, source }
+}
+
+/// What `ensure` did, for the report `sluice provision` prints.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Things created.
+    pub created: Vec<String>,
+    /// Things that exist and differ from the config (never changed).
+    pub warnings: Vec<String>,
+}
+
+/// Does the stream named `name` exist?
+async fn stream_info(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<Option<stream::Info>, TopologyError> {
+    match js.get_stream(name).await {
+        Ok(mut s) => Ok(Some(
+            s.info()
+                .await
+                .map_err(|e| api(format!("read stream {name}"))(e.into()))?
+                .clone(),
+        )),
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(api(format!("look up stream {name}"))(e.into())),
+    }
+}
+
+/// Make sure a stream exists with at least `subjects`; create it when
+/// `create` (with the given duplicate window), otherwise report it missing.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    name: &str,
+    subjects: &[String],
+    duplicate_window: Option<Duration>,
+    create: bool,
+    config_file: &str,
+    report: &mut Report,
+) -> Result<(), TopologyError> {
+    match stream_info(js, name).await? {
+        Some(info) => {
+            for s in subjects {
+                if !info
+                    .config
+                    .subjects
+                    .iter()
+                    .any(|have| crate::subject::matches(have, s) || have == s)
+                {
+                    report.warnings.push(format!(
+                        "stream {name} does not capture `{s}` (its subjects: {}); left as it is",
+                        info.config.subjects.join(", ")
+                    ));
+                }
+            }
+            if let Some(window) = duplicate_window
+                && info.config.duplicate_window < window
+            {
+                report.warnings.push(format!(
+                    "stream {name} has a duplicate window of {:?}, shorter than the configured {:?}; redeliveries after it may store duplicates",
+                    info.config.duplicate_window, window
+                ));
+            }
+            Ok(())
+        }
+        None if create => {
+            let mut cfg = stream::Config {
+                name: name.to_owned(),
+                subjects: subjects.to_vec(),
+                storage: stream::StorageType::File,
+                ..Default::default()
+            };
+            if let Some(window) = duplicate_window {
+                cfg.duplicate_window = window;
+            }
+            js.create_stream(cfg)
+                .await
+                .map_err(|e| api(format!("create stream {name}"))(e.into()))?;
+            report
+                .created
+                .push(format!("stream {name} ({})", subjects.join(", ")));
+            Ok(())
+        }
+        None => Err(TopologyError::Missing {
+            what: format!("stream {name}"),
+            config: config_file.to_owned(),
+        }),
+    }
+}
+
+/// The consumer settings the host needs, from the tenant's config.
+pub fn consumer_config(config: &Config, tenant: &TenantConfig) -> consumer::pull::Config {
+    let limits = config.limits(Some(tenant));
+    consumer::pull::Config {
+        durable_name: Some(tenant.consumer.clone()),
+        filter_subject: tenant.filter.clone(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: limits.ack_wait,
+        // The host dead-letters on delivery `max_deliver` itself. One more
+        // delivery on the server's side means a host that crashed during
+        // that last delivery still gets to dead-letter the message instead
+        // of the server silently giving up on it.
+        max_deliver: i64::from(limits.max_deliver) + 1,
+        // Room for several hosts on the same durable consumer, each holding
+        // up to max_in_flight.
+        max_ack_pending: i64::try_from(limits.max_in_flight.saturating_mul(4)).unwrap_or(i64::MAX),
+        ..Default::default()
+    }
+}
+
+/// Verify (or, with `create`, provision) tenant `id`'s input stream and
+/// consumer, and its output and dead-letter streams when named. Returns the
+/// bound consumer.
+pub async fn ensure_tenant(
+    js: &jetstream::Context,
+    config: &Config,
+    id: &str,
+    create: bool,
+    report: &mut Report,
+) -> Result<consumer::PullConsumer, TopologyError> {
+    let file = config.file.display().to_string();
+    let Some(tenant) = config.tenants.get(id) else {
+        return Err(TopologyError::Missing {
+            what: format!("tenant {id}"),
+            config: file,
+        });
+    };
+    // Every tenant of this config reading the same stream contributes its
+    // filter, so a shared input stream is created whole.
+    let subjects: Vec<String> = config
+        .tenants
+        .values()
+        .filter(|t| t.stream == tenant.stream)
+        .map(|t| t.filter.clone())
+        .collect();
+    ensure_stream(js, &tenant.stream, &subjects, None, create, &file, report).await?;
+    let window = Some(config.defaults.duplicate_window);
+    if let Some(out) = &tenant.output_stream {
+        let permits = config.tenant_permits(id).map_err(|e| TopologyError::Api {
+            action: format!("derive tenant {id}'s permitted subjects"),
+            source: e.into(),
+        })?;
+        ensure_stream(js, out, &permits, window, create, &file, report).await?;
+    }
+    if let Some(dlq) = &tenant.dead_letter_stream {
+        ensure_stream(
+            js,
+            dlq,
+            std::slice::from_ref(&tenant.dead_letter),
+            window,
+            create,
+            &file,
+            report,
+        )
+        .await?;
+    }
+    let wanted = consumer_config(config, tenant);
+    let stream = js
+        .get_stream(&tenant.stream)
+        .await
+        .map_err(|e| api(format!("open stream {}", tenant.stream))(e.into()))?;
+    let name = format!("consumer {}/{}", tenant.stream, tenant.consumer);
+    match stream.consumer_info(&tenant.consumer).await {
+        Ok(info) => {
+            let have = &info.config;
+            if have.filter_subject != wanted.filter_subject
+                && !have.filter_subjects.contains(&wanted.filter_subject)
+            {
+                report.warnings.push(format!(
+                    "{name} filters `{}`, the config says `{}`; left as it is",
+                    have.filter_subject, wanted.filter_subject
+                ));
+            }
+            if have.ack_policy != consumer::AckPolicy::Explicit {
+                report.warnings.push(format!(
+                    "{name} does not use explicit acks; the host's acks may be ignored"
+                ));
+            }
+            if have.ack_wait != wanted.ack_wait {
+                report.warnings.push(format!(
+                    "{name} has ack_wait {:?}, the config says {:?}; the host follows the config for in-progress acks",
+                    have.ack_wait, wanted.ack_wait
+                ));
+            }
+            if have.max_deliver > 0 && have.max_deliver < wanted.max_deliver - 1 {
+                report.warnings.push(format!(
+                    "{name} allows {} deliveries, fewer than max_deliver {}; the server may give up before the host dead-letters",
+                    have.max_deliver,
+                    wanted.max_deliver - 1
+                ));
+            }
+            stream
+                .get_consumer(&tenant.consumer)
+                .await
+                .map_err(api(format!("open {name}")))
+        }
+        Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {
+            if !create {
+                return Err(TopologyError::Missing {
+                    what: name,
+                    config: file,
+                });
+            }
+            let c = stream.create_consumer(wanted).await.map_err(|e| {
+                api(format!(
+                    "create consumer {}/{}",
+                    tenant.stream, tenant.consumer
+                ))(e.into())
+            })?;
+            report.created.push(format!(
+                "consumer {}/{} (filter {})",
+                tenant.stream, tenant.consumer, tenant.filter
+            ));
+            Ok(c)
+        }
+        Err(e) => Err(api(format!("look up {name}"))(e.into())),
+    }
+}

@@ -1,0 +1,263 @@
+//! One tenant at run time: its pull loop, its in-flight permits and the
+//! processing of each message from pull to settle.
+//!
+//! The pull loop never asks JetStream for more messages than the tenant has
+//! free permits, so no message waits in a client buffer burning its
+//! ack_wait, and one noisy tenant cannot take the worker pool from the
+//! others. A failing message never ends the loop; transient errors (server
+//! restarting, missed heartbeats) are logged and the loop carries on with a
+//! growing pause; only a deleted consumer stops the tenant.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Limits;
+use crate::message::{Message, Origin};
+use crate::pipeline::Pipeline;
+use crate::sink::{self, Sink};
+use crate::telemetry::TenantStats;
+use crate::wasm::pool::WorkerPool;
+
+/// How long one pull request waits server-side for messages. Long enough
+/// that an idle tenant costs one request every few seconds; short enough
+/// that a shutdown or a consumer change is noticed promptly.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// Idle heartbeat of a pull request: a dead server is noticed within two of
+/// these instead of at `PULL_EXPIRES`.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+/// Largest single pull. JetStream serves big batches fine; the cap keeps one
+/// request's messages from arriving as one huge burst.
+const MAX_PULL: usize = 1024;
+/// Pauses after errors grow from the first to the second, doubling: quick
+/// recovery from a blip, no busy loop while NATS is down.
+const ERROR_PAUSE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+/// In-progress acks stop after this many ack_waits: a message that has not
+/// finished by then is left to redelivery rather than held forever.
+const MAX_PROGRESS_ACK_WAITS: u32 = 10;
+
+/// The tenant's consumer was deleted: its loop stops.
+#[derive(Debug, thiserror::Error)]
+#[error("consumer {stream}/{consumer} of tenant `{tenant}` was deleted; the tenant is stopped")]
+pub struct ConsumerDeleted {
+    /// Tenant id.
+    pub tenant: String,
+    /// Stream name.
+    pub stream: String,
+    /// Consumer name.
+    pub consumer: String,
+}
+
+/// A tenant's running state.
+pub struct Tenant {
+    /// Its id.
+    pub id: Arc<str>,
+    /// The current pipeline; replaced atomically on a plugin swap.
+    pub pipeline: ArcSwap<Pipeline>,
+    /// Its limits.
+    pub limits: Limits,
+    /// Counters.
+    pub stats: Arc<TenantStats>,
+    permits: Arc<Semaphore>,
+    pool: Arc<WorkerPool>,
+    sink: Sink,
+}
+
+impl Tenant {
+    /// A tenant processing through `pool` and publishing through `js`.
+    pub fn new(
+        id: &str,
+        pipeline: Pipeline,
+        limits: Limits,
+        dead_letter: String,
+        pool: Arc<WorkerPool>,
+        js: jetstream::Context,
+    ) -> Arc<Self> {
+        let id: Arc<str> = Arc::from(id);
+        let stats = Arc::new(TenantStats::default());
+        Arc::new(Tenant {
+            sink: Sink::new(
+                js,
+                id.clone(),
+                dead_letter,
+                limits.backoff.clone(),
+                stats.clone(),
+            ),
+            permits: Arc::new(Semaphore::new(limits.max_in_flight)),
+            pipeline: ArcSwap::from_pointee(pipeline),
+            id,
+            limits,
+            stats,
+            pool,
+        })
+    }
+
+    /// Messages currently between pull and settle.
+    pub fn in_flight(&self) -> usize {
+        self.limits.max_in_flight - self.permits.available_permits()
+    }
+
+    /// Pull and process until `shutdown`; each message is processed on a
+    /// task tracked by `tasks`, so the caller can wait for them.
+    pub async fn pull_loop(
+        self: Arc<Self>,
+        consumer: PullConsumer,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Result<(), ConsumerDeleted> {
+        let tenant = &*self.id;
+        let mut pause = ERROR_PAUSE.0;
+        'pull: while !shutdown.is_cancelled() {
+            // Wait for one free permit, then take every other free one, up
+            // to one pull's worth.
+            let first = tokio::select! {
+                p = self.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                () = shutdown.cancelled() => break,
+            };
+            let mut permits: Vec<OwnedSemaphorePermit> = vec![first];
+            while permits.len() < MAX_PULL {
+                match self.permits.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            let request = consumer
+                .batch()
+                .max_messages(permits.len())
+                .expires(PULL_EXPIRES)
+                .heartbeat(PULL_HEARTBEAT)
+                .messages();
+            let mut batch = match request.await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(tenant, error = %e, "pull request failed; retrying");
+                    drop(permits);
+                    self.pause_after_error(&consumer, &shutdown, &mut pause)
+                        .await?;
+                    continue;
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    n = batch.next() => n,
+                    () = shutdown.cancelled() => break 'pull,
+                };
+                match next {
+                    Some(Ok(msg)) => {
+                        pause = ERROR_PAUSE.0;
+                        let Some(permit) = permits.pop() else {
+                            // The server never sends more than asked for;
+                            // should it, the message is left to redelivery.
+                            tracing::warn!(
+                                tenant,
+                                "received more messages than requested; leaving the extra for redelivery"
+                            );
+                            continue;
+                        };
+                        let this = self.clone();
+                        tasks.spawn(async move { this.process(msg, permit).await });
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(tenant, error = %e, "pull interrupted; retrying");
+                        drop(permits);
+                        self.pause_after_error(&consumer, &shutdown, &mut pause)
+                            .await?;
+                        continue 'pull;
+                    }
+                    None => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sleep after an error; a deleted consumer ends the loop.
+    async fn pause_after_error(
+        &self,
+        consumer: &PullConsumer,
+        shutdown: &CancellationToken,
+        pause: &mut Duration,
+    ) -> Result<(), ConsumerDeleted> {
+        let mut consumer = consumer.clone();
+        // The server answers JetStream error 10014, "consumer not found";
+        // the client surfaces it only as text.
+        if let Err(e) = consumer.info().await
+            && e.to_string().contains("consumer not found")
+        {
+            let cached = consumer.cached_info();
+            return Err(ConsumerDeleted {
+                tenant: self.id.to_string(),
+                stream: cached.stream_name.clone(),
+                consumer: cached.name.clone(),
+            });
+        }
+        tokio::select! {
+            () = tokio::time::sleep(*pause) => {}
+            () = shutdown.cancelled() => {}
+        }
+        *pause = (*pause * 2).min(ERROR_PAUSE.1);
+        Ok(())
+    }
+
+    /// One message from pull to settle. The permit is released when this
+    /// returns.
+    async fn process(self: Arc<Self>, msg: jetstream::Message, _permit: OwnedSemaphorePermit) {
+        TenantStats::bump(&self.stats.received, 1);
+        let tenant = &*self.id;
+        let origin = match msg.info() {
+            Ok(info) => Origin {
+                tenant: tenant.to_owned(),
+                stream: info.stream.to_owned(),
+                stream_seq: info.stream_sequence,
+                delivered: u32::try_from(info.delivered).unwrap_or(u32::MAX),
+                published_ms: u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000)
+                    .unwrap_or(0),
+            },
+            Err(e) => {
+                // Not a JetStream delivery (no ack subject): nothing to settle.
+                tracing::warn!(tenant, subject = %msg.subject, error = %e, "message without JetStream metadata; skipped");
+                return;
+            }
+        };
+        let source = Arc::new(Message {
+            subject: msg.subject.to_string(),
+            headers: sink::header_list(msg.headers.as_ref()),
+            payload: msg.payload.to_vec(),
+        });
+        let pipeline = self.pipeline.load_full();
+        let work = self.pool.run(pipeline, origin.clone(), source.clone());
+        tokio::pin!(work);
+        let started = Instant::now();
+        let half = self.limits.ack_wait / 2;
+        let give_up = self.limits.ack_wait * MAX_PROGRESS_ACK_WAITS;
+        let result = loop {
+            tokio::select! {
+                r = &mut work => break r,
+                () = tokio::time::sleep(half) => {
+                    if started.elapsed() < give_up {
+                        // Tell JetStream we are still at it, so it does not
+                        // redeliver to another host meanwhile.
+                        let _ = msg.ack_with(AckKind::Progress).await;
+                    }
+                }
+            }
+        };
+        let outcome = match result {
+            Ok(o) => sink::give_up_on_last_delivery(o, origin.delivered, self.limits.max_deliver),
+            Err(_) => {
+                // The pool is shutting down: hand the message back now
+                // rather than after ack_wait.
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                return;
+            }
+        };
+        tracing::debug!(tenant, stream = %origin.stream, seq = origin.stream_seq, outcome = outcome.kind(), "settling");
+        self.sink.settle(&msg, &origin, &source, outcome).await;
+    }
+}
