@@ -7,6 +7,7 @@
 
 mod cli;
 mod config;
+mod jetstream;
 mod plugins;
 mod sandbox;
 mod support;

@@ -85,3 +85,121 @@ pub fn sluice() -> Command {
     cmd.current_dir(root());
     cmd
 }
+
+// --- NATS -----------------------------------------------------------------
+
+use async_nats::jetstream::{self, stream};
+use sluice::nats_server::NatsServer;
+
+/// A nats-server with JetStream on a free port and a temporary store,
+/// killed when dropped. `nats-server` must be on PATH (`scripts/setup`
+/// installs it into `.tools/venv/bin`; this also looks there).
+pub fn nats() -> NatsServer {
+    nats_with(None)
+}
+
+/// As [`nats`], with extra server config (accounts, users).
+pub fn nats_with(config: Option<&str>) -> NatsServer {
+    let local = root().join(".tools/venv/bin/nats-server");
+    let binary = if local.is_file() {
+        local
+    } else {
+        PathBuf::from("nats-server")
+    };
+    NatsServer::start_with(&binary, config).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A JetStream context on `url`.
+pub async fn js(url: &str) -> jetstream::Context {
+    jetstream::new(async_nats::connect(url).await.unwrap())
+}
+
+/// A JetStream context for a user of an account.
+pub async fn js_as(url: &str, user: &str, password: &str) -> jetstream::Context {
+    let client = async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+        .connect(url)
+        .await
+        .unwrap();
+    jetstream::new(client)
+}
+
+/// Create a stream capturing `subjects`.
+pub async fn create_stream(js: &jetstream::Context, name: &str, subjects: &[&str]) {
+    js.create_stream(stream::Config {
+        name: name.into(),
+        subjects: subjects.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+/// Publish and await every PubAck.
+pub async fn publish(js: &jetstream::Context, subject: &str, payload: &str) {
+    js.publish(subject.to_owned(), payload.to_owned().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// Every message stored in `stream`, in order.
+pub async fn read_stream(
+    js: &jetstream::Context,
+    name: &str,
+) -> Vec<jetstream::message::StreamMessage> {
+    let mut s = js.get_stream(name).await.unwrap();
+    let info = s.info().await.unwrap().clone();
+    let mut out = Vec::new();
+    if info.state.messages == 0 {
+        return out;
+    }
+    for seq in info.state.first_sequence..=info.state.last_sequence {
+        if let Ok(m) = s.get_raw_message(seq).await {
+            out.push(m);
+        }
+    }
+    out
+}
+
+/// The number of messages in `stream`.
+pub async fn stream_len(js: &jetstream::Context, name: &str) -> u64 {
+    match js.get_stream(name).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// A header's value on a stored message.
+pub fn header<'a>(m: &'a jetstream::message::StreamMessage, name: &str) -> Option<&'a str> {
+    m.headers.get(name).map(|v| v.as_str())
+}
+
+/// Wait until `cond` holds, polling; panics with `what` after `limit`.
+pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !cond().await {
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Write `text` as `sluice.toml` in a new temp dir; `{dist}` in it becomes
+/// the plugins' dist folder and `{url}` the server URL.
+pub fn config_file(text: &str, url: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    let dist = root().join("plugins/dist");
+    let text = text
+        .replace("{dist}", dist.to_str().unwrap())
+        .replace("{url}", url);
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}

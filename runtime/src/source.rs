@@ -315,14 +315,19 @@ pub async fn ensure_tenant(
             config: file,
         });
     };
-    // Every tenant of this config reading the same stream contributes its
-    // filter, so a shared input stream is created whole.
-    let subjects: Vec<String> = config
-        .tenants
-        .values()
-        .filter(|t| t.stream == tenant.stream)
-        .map(|t| t.filter.clone())
-        .collect();
+    // Every tenant of this config reading the same stream in the same
+    // account contributes its filter, so a shared input stream is created
+    // whole.
+    let nats = tenant_nats(config, tenant);
+    let mut subjects: Vec<String> = Vec::new();
+    for t in config.tenants.values() {
+        if t.stream == tenant.stream
+            && tenant_nats(config, t) == nats
+            && !subjects.contains(&t.filter)
+        {
+            subjects.push(t.filter.clone());
+        }
+    }
     ensure_stream(js, &tenant.stream, &subjects, None, create, &file, report).await?;
     let window = Some(config.defaults.duplicate_window);
     if let Some(out) = &tenant.output_stream {

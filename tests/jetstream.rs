@@ -1,0 +1,369 @@
+//! The host against a real nats-server: every verdict's exact JetStream
+//! effect, the max_deliver rule, tenants in parallel, and tenants in separate
+//! NATS accounts.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use serde_json::Value;
+use sluice::config::Config;
+use sluice::service::Service;
+
+use crate::support::{
+    config_file, create_stream, header, js, js_as, nats, nats_with, publish, read_stream,
+    stream_len, wait_for,
+};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+const VERDICT_CONFIG: &str = r#"
+[nats]
+servers = ["{url}"]
+
+[host]
+provision = true
+shutdown_grace = "5s"
+
+[plugin.verdict]
+path = "{dist}/testing/verdict.wasm"
+
+[defaults]
+ack_wait = "2s"
+max_deliver = 3
+backoff = ["100ms"]
+
+[tenants.acme]
+stream = "ACME"
+filter = "acme.in.>"
+output = "{tenant}.out.{subject[2..]}"
+dead_letter = "acme.dlq"
+output_stream = "ACME_OUT"
+dead_letter_stream = "ACME_DLQ"
+pipeline = [{ plugin = "verdict" }]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_verdict_has_exactly_its_jetstream_effect() {
+    let server = nats();
+    let (_dir, path) = config_file(VERDICT_CONFIG, &server.url());
+    let service = Service::start(Config::load(&path).unwrap()).await.unwrap();
+    let js = js(&server.url()).await;
+    wait_for("the input stream", LIMIT, || async {
+        js.get_stream("ACME").await.is_ok()
+    })
+    .await;
+
+    let inputs = [
+        ("acme.in.a", "next"),
+        ("acme.in.b", "ack"),
+        ("acme.in.c", "dead:bad input"),
+        ("acme.in.d", "publish:2"),
+        ("acme.in.e", "outside"),
+        ("acme.in.f", "retry:50"),
+        ("acme.in.g", "trap"),
+    ];
+    for (subject, payload) in inputs {
+        let mut headers = HeaderMap::new();
+        headers.insert("Correlation-Id", format!("c-{payload}").as_str());
+        headers.insert("Sluice-Tenant", "globex"); // a producer's claim the host must not trust
+        js.publish_with_headers(subject, headers, payload.to_owned().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    wait_for("3 outputs and 4 dead letters", LIMIT, || async {
+        stream_len(&js, "ACME_OUT").await == 3 && stream_len(&js, "ACME_DLQ").await == 4
+    })
+    .await;
+    let consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream("ACME")
+        .await
+        .unwrap()
+        .get_consumer("sluice")
+        .await
+        .unwrap();
+    wait_for("nothing pending or unacked", LIMIT, || {
+        let mut c = consumer.clone();
+        async move {
+            let i = c.info().await.unwrap();
+            i.num_ack_pending == 0 && i.num_pending == 0
+        }
+    })
+    .await;
+
+    // Outputs: `next` to the default output, `publish:2` as two numbered
+    // outputs, host headers set, the producer's headers passed through and
+    // its tenant claim overwritten.
+    let outputs = read_stream(&js, "ACME_OUT").await;
+    let by_id = |id: &str| {
+        outputs
+            .iter()
+            .find(|m| header(m, "Nats-Msg-Id") == Some(id))
+            .unwrap()
+    };
+    let next = by_id("ACME:1:0");
+    assert_eq!(next.subject.as_str(), "acme.out.a");
+    assert_eq!(&next.payload[..], b"next");
+    assert_eq!(header(next, "Correlation-Id"), Some("c-next"));
+    for m in &outputs {
+        assert_eq!(header(m, "Sluice-Tenant"), Some("acme"));
+        assert!(header(m, "Sluice-Plugin").unwrap().starts_with("verdict@"));
+    }
+    assert_eq!(by_id("ACME:4:0").subject.as_str(), "acme.out.p0");
+    assert_eq!(by_id("ACME:4:1").subject.as_str(), "acme.out.p1");
+
+    // Dead letters: the original payload and headers, plus every Sluice-*
+    // header.
+    let letters = read_stream(&js, "ACME_DLQ").await;
+    let by_seq = |seq: &str| {
+        letters
+            .iter()
+            .find(|m| header(m, "Sluice-Source-Seq") == Some(seq))
+            .unwrap()
+    };
+    let dead = by_seq("3");
+    assert_eq!(dead.subject.as_str(), "acme.dlq");
+    assert_eq!(&dead.payload[..], b"dead:bad input");
+    assert_eq!(header(dead, "Sluice-Reason"), Some("bad input"));
+    assert_eq!(header(dead, "Sluice-Tenant"), Some("acme"));
+    assert_eq!(header(dead, "Sluice-Source-Stream"), Some("ACME"));
+    assert_eq!(header(dead, "Sluice-Source-Subject"), Some("acme.in.c"));
+    assert_eq!(header(dead, "Sluice-Delivered"), Some("1"));
+    assert_eq!(header(dead, "Correlation-Id"), Some("c-dead:bad input"));
+    assert!(
+        header(dead, "Sluice-Plugin")
+            .unwrap()
+            .starts_with("verdict@")
+    );
+    let outside = header(by_seq("5"), "Sluice-Reason").unwrap();
+    assert!(
+        outside.contains("elsewhere.out") && outside.contains("permitted"),
+        "{outside}"
+    );
+    // Retry and trap: redelivered until max_deliver (3), then dead-lettered.
+    let retried = by_seq("6");
+    assert_eq!(header(retried, "Sluice-Delivered"), Some("3"));
+    assert!(
+        header(retried, "Sluice-Reason")
+            .unwrap()
+            .contains("asked to retry")
+    );
+    let trapped = by_seq("7");
+    assert_eq!(header(trapped, "Sluice-Delivered"), Some("3"));
+    assert!(
+        header(trapped, "Sluice-Reason").unwrap().contains("trap"),
+        "{:?}",
+        header(trapped, "Sluice-Reason")
+    );
+
+    let stats = service.stats()["acme"];
+    assert_eq!(stats.acked, 3, "{stats:?}");
+    assert_eq!(stats.dead_lettered, 4, "{stats:?}");
+    assert_eq!(
+        stats.retried, 4,
+        "two naks each for retry and trap: {stats:?}"
+    );
+    assert_eq!(
+        stats.received, 11,
+        "7 messages, 2 of them delivered 3 times: {stats:?}"
+    );
+    service.shutdown().await;
+}
+
+const TWO_TENANTS: &str = r#"
+[nats]
+servers = ["{url}"]
+
+[host]
+provision = true
+
+[plugins]
+dir = "{dist}"
+
+[tenants.acme]
+stream = "ACME"
+filter = "acme.in.>"
+output = "{tenant}.out.{subject[2..]}"
+dead_letter = "acme.dlq"
+output_stream = "ACME_OUT"
+max_in_flight = 32
+pipeline = [
+    { plugin = "transform", config = { rename = { user = "customer" } } },
+    { plugin = "tenant-stamp" },
+    { plugin = "route", config = { rule = { 1 = { field = "type", equals = "order", to = "{tenant}.out.orders" } }, unmatched = "dead-letter" } },
+]
+
+[tenants.globex]
+stream = "GLOBEX"
+filter = "globex.in.>"
+output = "{tenant}.out.{subject[2..]}"
+dead_letter = "globex.dlq"
+output_stream = "GLOBEX_OUT"
+max_in_flight = 32
+pipeline = [
+    { plugin = "tenant-stamp", config = { field = "account" } },
+    { plugin = "route", config = { rule = { 1 = { field = "type", equals = "order", to = "{tenant}.out.orders" } }, unmatched = "dead-letter" } },
+]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tenants_run_in_parallel_and_each_output_carries_its_own_tenant() {
+    let server = nats();
+    let (_dir, path) = config_file(TWO_TENANTS, &server.url());
+    let service = Service::start(Config::load(&path).unwrap()).await.unwrap();
+    let js = js(&server.url()).await;
+    wait_for("both input streams", LIMIT, || async {
+        js.get_stream("ACME").await.is_ok() && js.get_stream("GLOBEX").await.is_ok()
+    })
+    .await;
+    const N: usize = 300;
+    for i in 0..N {
+        // Interleaved, and each claiming to be the other tenant.
+        let body = format!(
+            r#"{{"type":"order","user":"u{i}","tenant_id":"globex","account":"acme","n":{i}}}"#
+        );
+        publish(&js, "acme.in.orders", &body).await;
+        publish(&js, "globex.in.orders", &body).await;
+    }
+    wait_for("every output", LIMIT, || async {
+        stream_len(&js, "ACME_OUT").await == N as u64
+            && stream_len(&js, "GLOBEX_OUT").await == N as u64
+    })
+    .await;
+    for (tenant, stream, field) in [
+        ("acme", "ACME_OUT", "tenant_id"),
+        ("globex", "GLOBEX_OUT", "account"),
+    ] {
+        let outputs = read_stream(&js, stream).await;
+        let mut ns = HashSet::new();
+        for m in &outputs {
+            assert_eq!(m.subject.as_str(), format!("{tenant}.out.orders"));
+            assert_eq!(header(m, "Sluice-Tenant"), Some(tenant));
+            let v: Value = serde_json::from_slice(&m.payload).unwrap();
+            assert_eq!(v[field], tenant, "{v}");
+            ns.insert(v["n"].as_u64().unwrap());
+        }
+        assert_eq!(ns.len(), N, "{tenant}: every input exactly once");
+    }
+    let acme: Value =
+        serde_json::from_slice(&read_stream(&js, "ACME_OUT").await[0].payload).unwrap();
+    assert!(
+        acme.get("customer").is_some() && acme.get("user").is_none(),
+        "{acme}"
+    );
+    service.shutdown().await;
+}
+
+const ACCOUNTS_SERVER: &str = r#"
+accounts {
+  A: { jetstream: enabled, users: [ { user: alice, password: pa } ] }
+  B: { jetstream: enabled, users: [ { user: bob, password: pb } ] }
+}
+"#;
+
+const ACCOUNTS_CONFIG: &str = r#"
+[host]
+provision = true
+
+[plugins]
+dir = "{dist}"
+
+[tenants.acme]
+stream = "EVENTS"
+filter = "events.in.>"
+output = "events.out.{subject[2..]}"
+dead_letter = "events.dlq"
+output_stream = "EVENTS_OUT"
+pipeline = [{ plugin = "tenant-stamp" }]
+nats = { servers = ["{url}"], user = "alice", password = "pa" }
+
+[tenants.globex]
+stream = "EVENTS"
+filter = "events.in.>"
+output = "events.out.{subject[2..]}"
+dead_letter = "events.dlq"
+output_stream = "EVENTS_OUT"
+pipeline = [{ plugin = "tenant-stamp" }]
+nats = { servers = ["{url}"], user = "bob", password = "pb" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_in_separate_accounts_each_use_their_own_connection() {
+    let server = nats_with(Some(ACCOUNTS_SERVER));
+    let (_dir, path) = config_file(ACCOUNTS_CONFIG, &server.url());
+    let service = Service::start(Config::load(&path).unwrap()).await.unwrap();
+    let alice = js_as(&server.url(), "alice", "pa").await;
+    let bob = js_as(&server.url(), "bob", "pb").await;
+    // The same stream name and subjects exist once per account.
+    wait_for("the streams in both accounts", LIMIT, || async {
+        alice.get_stream("EVENTS").await.is_ok() && bob.get_stream("EVENTS").await.is_ok()
+    })
+    .await;
+    for i in 0..20 {
+        publish(&alice, "events.in.x", &format!(r#"{{"n":{i}}}"#)).await;
+    }
+    for i in 0..30 {
+        publish(&bob, "events.in.x", &format!(r#"{{"n":{i}}}"#)).await;
+    }
+    wait_for("outputs in both accounts", LIMIT, || async {
+        stream_len(&alice, "EVENTS_OUT").await == 20 && stream_len(&bob, "EVENTS_OUT").await == 30
+    })
+    .await;
+    for (js, tenant) in [(&alice, "acme"), (&bob, "globex")] {
+        for m in read_stream(js, "EVENTS_OUT").await {
+            assert_eq!(header(&m, "Sluice-Tenant"), Some(tenant));
+            let v: Value = serde_json::from_slice(&m.payload).unwrap();
+            assert_eq!(v["tenant_id"], tenant);
+        }
+    }
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_provisioning_a_missing_stream_is_named_with_the_command_to_create_it() {
+    let server = nats();
+    let js = js(&server.url()).await;
+    create_stream(&js, "OTHER", &["other.>"]).await;
+    let (_dir, path) = config_file(
+        &VERDICT_CONFIG.replace("provision = true", "provision = false"),
+        &server.url(),
+    );
+    let out = crate::support::sluice()
+        .args(["provision", "--verify", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("stream ACME does not exist")
+            && stdout.contains("sluice provision --config"),
+        "{stdout}"
+    );
+    // `provision` creates it all, and a second run finds nothing to do.
+    let out = crate::support::sluice()
+        .args(["provision", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("created stream ACME") && stdout.contains("created consumer ACME/sluice"),
+        "{stdout}"
+    );
+    let out = crate::support::sluice()
+        .args(["provision", "--verify", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("created"));
+}
