@@ -7,6 +7,7 @@
 
 mod cli;
 mod config;
+mod faults;
 mod jetstream;
 mod plugins;
 mod sandbox;

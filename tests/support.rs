@@ -73,6 +73,10 @@ pub fn sluice() -> Command {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--quiet", "-p", "sluice", "--bin", "sluice"])
+            // Cargo sets this for the test process; ring's build script
+            // tracks it, so passing it on would rebuild ring and all that
+            // depends on it here and again on the next `cargo test`.
+            .env_remove("CARGO_MANIFEST_DIR")
             .current_dir(root())
             .status()
             .unwrap();
@@ -202,4 +206,64 @@ pub fn config_file(text: &str, url: &str) -> (tempfile::TempDir, PathBuf) {
         .replace("{url}", url);
     std::fs::write(&path, text).unwrap();
     (dir, path)
+}
+
+/// The nats-server binary [`nats_with`] uses: `.tools/venv/bin` if
+/// installed there, else PATH.
+pub fn nats_server_binary() -> PathBuf {
+    let local = root().join(".tools/venv/bin/nats-server");
+    if local.is_file() {
+        local
+    } else {
+        PathBuf::from("nats-server")
+    }
+}
+
+/// A nats-server with JetStream on a port the caller chose, for a test that
+/// hands the address to the host before any server exists. [`NatsServer`]
+/// picks its own port, so this spawns the binary directly. Killed on drop.
+pub struct PortServer {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for PortServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start a [`PortServer`] on `port` and wait until it accepts connections.
+pub fn nats_on_port(port: u16) -> PortServer {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let child = Command::new(nats_server_binary())
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+        .arg("-sd")
+        .arg(dir.path().join("jetstream"))
+        .arg("-l")
+        .arg(&log)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut server = PortServer { child, _dir: dir };
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let started = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("Server is ready")
+            && std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        {
+            return server;
+        }
+        let exited = server.child.try_wait().unwrap().is_some();
+        assert!(
+            !exited && started.elapsed() < Duration::from_secs(10),
+            "nats-server on port {port} did not become ready; its log:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

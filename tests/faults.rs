@@ -1,0 +1,471 @@
+//! Faults a host meets in production, injected against a real nats-server
+//! and the real binary: the server killed mid-stream and restarted, the host
+//! killed and restarted, a SIGTERM with messages in flight, `sluice dev`
+//! stopped with Ctrl-C, and a host started before its server. Each test that
+//! carries traffic ends with the same proof: every input is in the outputs or
+//! the dead letters exactly once, and the consumer has nothing pending.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer};
+use serde_json::Value;
+use sluice::config::Config;
+use sluice::nats_server::free_port;
+use sluice::service::Service;
+
+use crate::support::{
+    config_file, header, js, nats, nats_on_port, nats_server_binary, nats_with, read_stream,
+    sluice, stream_len, wait_for,
+};
+
+/// Deadline for a condition that normally holds within seconds: long
+/// enough for a loaded 2-core machine and the redeliveries after a crash.
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Inputs per crash test: enough that a crash lands among hundreds of
+/// messages in flight, few enough to stay quick on a small machine.
+const N: usize = 1000;
+
+/// One tenant through the `verdict` test guest: a JSON input becomes one
+/// output, a `dead:` input a dead letter. Outputs and dead letters are
+/// stored (with provisioning's 2-minute duplicate window, which is what
+/// drops a re-published output), and `ack_wait` is short so what a crashed
+/// host held is redelivered fast. `max_deliver` leaves room for the extra
+/// deliveries a crash causes, so none of them ends as a dead letter.
+const CONFIG: &str = r#"
+[nats]
+servers = ["{url}"]
+
+[host]
+provision = true
+shutdown_grace = "5s"
+
+[plugin.verdict]
+path = "{dist}/testing/verdict.wasm"
+
+[defaults]
+ack_wait = "2s"
+max_deliver = 10
+backoff = ["100ms"]
+
+[tenants.acme]
+stream = "ACME"
+filter = "acme.in.>"
+output = "{tenant}.out.{subject[2..]}"
+dead_letter = "acme.dlq"
+output_stream = "ACME_OUT"
+dead_letter_stream = "ACME_DLQ"
+pipeline = [{ plugin = "verdict" }]
+"#;
+
+/// nats-server writes asynchronously; SIGKILLed, it can lose messages it
+/// already confirmed. Syncing every write keeps the server's own losses out
+/// of a test about the host's.
+const SYNC_ALWAYS: &str = "jetstream { sync_interval: always }";
+
+/// Every tenth input asks to be dead-lettered, so both settle paths cross
+/// the fault.
+fn is_dead(i: usize) -> bool {
+    i % 10 == 9
+}
+
+fn payload(i: usize) -> String {
+    if is_dead(i) {
+        format!("dead:{i}")
+    } else {
+        format!(r#"{{"id":{i}}}"#)
+    }
+}
+
+/// Create the tenant's streams and consumer without starting a host, so
+/// inputs can queue up before one runs.
+async fn provision(path: &Path, url: &str) {
+    let config = Config::load(path).unwrap();
+    let js = sluice::source::jetstream(async_nats::connect(url).await.unwrap());
+    let mut report = sluice::source::Report::default();
+    sluice::source::ensure_tenant(&js, &config, "acme", true, &mut report)
+        .await
+        .unwrap();
+}
+
+/// Publish inputs `ids`, each under its own `Nats-Msg-Id` and retried until
+/// JetStream confirms it: a retry after a lost PubAck is dropped as a
+/// duplicate, so the input stream holds every id exactly once.
+async fn publish_inputs(url: &str, ids: Range<usize>) {
+    let js = js(url).await;
+    for i in ids {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("in-{i}").as_str());
+        let started = Instant::now();
+        loop {
+            let sent = match js
+                .publish_with_headers("acme.in.x", headers.clone(), payload(i).into())
+                .await
+            {
+                Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match sent {
+                Ok(()) => break,
+                Err(e) => {
+                    assert!(started.elapsed() < LIMIT, "publishing input {i}: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Outputs plus dead letters stored so far.
+async fn stored(js: &jetstream::Context) -> usize {
+    let n = stream_len(js, "ACME_OUT").await + stream_len(js, "ACME_DLQ").await;
+    usize::try_from(n).unwrap()
+}
+
+async fn consumer_info(js: &jetstream::Context) -> Option<consumer::Info> {
+    let stream = js.get_stream("ACME").await.ok()?;
+    stream.consumer_info("sluice").await.ok()
+}
+
+/// Wait (without failing) until `n` results are stored and the consumer has
+/// nothing pending or unacked; [`assert_exactly_once`] then says what is
+/// wrong if that never happened.
+async fn wait_settled(js: &jetstream::Context, n: usize) {
+    let started = Instant::now();
+    eprintln!("DEBUG wait_settled start");
+    while started.elapsed() < LIMIT {
+        if stored(js).await >= n
+            && consumer_info(js)
+                .await
+                .is_some_and(|i| i.num_ack_pending == 0 && i.num_pending == 0)
+        {
+            eprintln!("DEBUG settled after {:?}", started.elapsed());
+            return;
+        }
+        eprintln!("DEBUG stored {} {:?}", stored(js).await, consumer_info(js).await.map(|i| (i.num_ack_pending, i.num_pending, i.delivered.stream_sequence, i.ack_floor.stream_sequence)));
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+}
+
+/// Inputs `0..n` each appear exactly once in outputs ∪ dead letters, every
+/// stored output has its own message id, and the consumer is drained.
+async fn assert_exactly_once(js: &jetstream::Context, n: usize) {
+    assert_eq!(
+        stream_len(js, "ACME").await,
+        n as u64,
+        "the input stream lost or duplicated inputs (the server's fault, not the host's)"
+    );
+    let outputs = read_stream(js, "ACME_OUT").await;
+    let letters = read_stream(js, "ACME_DLQ").await;
+    let mut count = vec![0usize; n];
+    for m in &outputs {
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        count[usize::try_from(v["id"].as_u64().unwrap()).unwrap()] += 1;
+    }
+    for m in &letters {
+        let text = std::str::from_utf8(&m.payload).unwrap();
+        let i: usize = text.strip_prefix("dead:").unwrap().parse().unwrap();
+        count[i] += 1;
+    }
+    let missing: Vec<usize> = (0..n).filter(|&i| count[i] == 0).collect();
+    let twice: Vec<usize> = (0..n).filter(|&i| count[i] > 1).collect();
+    assert!(
+        missing.is_empty() && twice.is_empty(),
+        "{} inputs lost (first: {:?}), {} stored more than once (first: {:?})",
+        missing.len(),
+        &missing[..missing.len().min(20)],
+        twice.len(),
+        &twice[..twice.len().min(20)],
+    );
+    let dead = (0..n).filter(|&i| is_dead(i)).count();
+    assert_eq!(outputs.len(), n - dead, "outputs");
+    assert_eq!(letters.len(), dead, "dead letters");
+    let ids: std::collections::HashSet<&str> = outputs
+        .iter()
+        .map(|m| header(m, "Nats-Msg-Id").unwrap())
+        .collect();
+    assert_eq!(ids.len(), outputs.len(), "output message ids are unique");
+    let info = consumer_info(js).await.unwrap();
+    assert_eq!(
+        (info.num_ack_pending, info.num_pending),
+        (0, 0),
+        "nothing unacked or pending: {info:?}"
+    );
+}
+
+/// A `sluice` child process. Dropped while running (a failed test), it gets
+/// SIGINT so it can stop its own children, then SIGKILL.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// `sluice run --config CONFIG`, stderr (its log) to `log`.
+    fn run(config: &Path, log: PathBuf) -> Proc {
+        let child = sluice()
+            .args(["run", "--config", config.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Proc { child, log }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// The exit status, or `None` if it is still running after `limit`.
+    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if started.elapsed() >= limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Its log so far, for failure messages.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.signal("INT");
+            if self.wait_exit(Duration::from_secs(15)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_server_killed_mid_stream_recovers_without_a_restart() {
+    let mut server = nats_with(Some(SYNC_ALWAYS));
+    let url = server.url();
+    let (_dir, path) = config_file(CONFIG, &url);
+    provision(&path, &url).await;
+    // Half the inputs wait before the host starts, so the kill lands while
+    // it works through a backlog; the other half arrive after the restart,
+    // so the kill always comes before every output is stored.
+    publish_inputs(&url, 0..N / 2).await;
+    let service = Service::start(Config::load(&path).unwrap()).await.unwrap();
+    let before = js(&url).await;
+    wait_for("the first results", LIMIT, || async {
+        stored(&before).await >= N / 10
+    })
+    .await;
+
+    tokio::task::block_in_place(|| server.kill());
+    // Down long enough for the host's pulls and publishes to fail.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::block_in_place(|| server.restart()).unwrap();
+
+    publish_inputs(&url, N / 2..N).await;
+    let js = js(&url).await;
+    wait_settled(&js, N).await;
+    assert_exactly_once(&js, N).await;
+    let stats = service.stats()["acme"];
+    assert!(stats.received >= N as u64, "{stats:?}");
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_killed_mid_stream_and_restarted_loses_and_duplicates_nothing() {
+    let server = nats();
+    let url = server.url();
+    let (dir, path) = config_file(CONFIG, &url);
+    provision(&path, &url).await;
+    publish_inputs(&url, 0..N / 2).await;
+    let js = js(&url).await;
+
+    let mut first = Proc::run(&path, dir.path().join("first.log"));
+    wait_for("the first results", LIMIT, || async {
+        stored(&js).await >= N / 10
+    })
+    .await;
+    // SIGKILL: whatever it pulled and did not ack is redelivered after
+    // ack_wait, and what it published for those is published again under
+    // the same message ids.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+
+    publish_inputs(&url, N / 2..N).await;
+    let mut second = Proc::run(&path, dir.path().join("second.log"));
+    wait_settled(&js, N).await;
+    assert!(
+        matches!(second.child.try_wait(), Ok(None)),
+        "the second host exited: {}",
+        second.log()
+    );
+    assert_exactly_once(&js, N).await;
+    second.signal("TERM");
+    let status = tokio::task::block_in_place(|| second.wait_exit(LIMIT));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}: {}",
+        second.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_0_within_the_grace_period_and_loses_nothing() {
+    let server = nats();
+    let url = server.url();
+    let (dir, path) = config_file(CONFIG, &url);
+    provision(&path, &url).await;
+    // A backlog, so the SIGTERM finds messages in flight.
+    let n = N / 2;
+    publish_inputs(&url, 0..n).await;
+    let js = js(&url).await;
+
+    let mut host = Proc::run(&path, dir.path().join("host.log"));
+    wait_for("the first results", LIMIT, || async {
+        stored(&js).await >= n / 10
+    })
+    .await;
+    host.signal("TERM");
+    // The config's 5 s grace plus room for a loaded machine: a bound for a
+    // hang, not a measurement.
+    let status = tokio::task::block_in_place(|| host.wait_exit(Duration::from_secs(5) + LIMIT));
+    assert!(
+        status.is_some_and(|s| s.code() == Some(0)),
+        "{status:?}: {}",
+        host.log()
+    );
+    assert!(host.log().contains("shutting down"), "{}", host.log());
+
+    // What the first host left unsettled is redelivered to the next one.
+    let service = Service::start(Config::load(&path).unwrap()).await.unwrap();
+    wait_settled(&js, n).await;
+    assert_exactly_once(&js, n).await;
+    service.shutdown().await;
+}
+
+#[test]
+fn sluice_dev_processes_traffic_and_stops_cleanly_on_sigint() {
+    let mut child = sluice()
+        .args(["dev", "--rate", "50", "--every", "1", "--nats-server"])
+        .arg(nats_server_binary())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut dev = Proc {
+        child,
+        log: PathBuf::new(),
+    };
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let next_line = |seen: &mut Vec<String>, deadline: Instant| -> Option<String> {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let line = lines.recv_timeout(wait).ok()?;
+        seen.push(line.clone());
+        Some(line)
+    };
+
+    let deadline = Instant::now() + LIMIT;
+    let mut seen = Vec::new();
+    let mut port = None;
+    let (mut acme, mut globex) = (0u64, 0u64);
+    while acme == 0 || globex == 0 {
+        let Some(line) = next_line(&mut seen, deadline) else {
+            panic!("no summary with traffic for both tenants; stdout:\n{}", seen.join("\n"));
+        };
+        if let Some(rest) = line.split_once("nats://").map(|(_, r)| r) {
+            let addr = rest.split_whitespace().next().unwrap();
+            port = Some(addr.rsplit_once(':').unwrap().1.parse::<u16>().unwrap());
+        }
+        if let Some((id, rest)) = line.trim_start().split_once(": processed ") {
+            let processed: u64 = rest.split_whitespace().next().unwrap().parse().unwrap();
+            match id {
+                "acme" => acme = processed,
+                "globex" => globex = processed,
+                _ => {}
+            }
+        }
+    }
+    let port = port.expect("the nats-server URL is printed first");
+
+    dev.signal("INT");
+    let status = dev.wait_exit(LIMIT);
+    // The reader ends at EOF, after the last line.
+    while next_line(&mut seen, Instant::now() + Duration::from_secs(5)).is_some() {}
+    assert!(
+        status.is_some_and(|s| s.code() == Some(0)),
+        "{status:?}; stdout:\n{}",
+        seen.join("\n")
+    );
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("stopped"),
+        "{}",
+        seen.join("\n")
+    );
+    // The nats-server it started is gone with it.
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
+        "the dev nats-server on port {port} still accepts connections"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_started_before_nats_waits_and_then_processes() {
+    let port = free_port().unwrap();
+    let url = format!("nats://127.0.0.1:{port}");
+    let (_dir, path) = config_file(CONFIG, &url);
+    // Starting must not wait for the server: the host comes up first in
+    // many deployments.
+    let service = tokio::time::timeout(LIMIT, Service::start(Config::load(&path).unwrap()))
+        .await
+        .expect("Service::start waits for a server that is not there")
+        .unwrap();
+    // Let it fail to connect and to provision a few times.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let _server = tokio::task::spawn_blocking(move || nats_on_port(port))
+        .await
+        .unwrap();
+    let js = js(&url).await;
+    wait_for("the host to provision and bind", LIMIT, || async {
+        consumer_info(&js).await.is_some()
+    })
+    .await;
+    let n = 100;
+    publish_inputs(&url, 0..n).await;
+    wait_settled(&js, n).await;
+    assert_exactly_once(&js, n).await;
+    assert!(service.stats()["acme"].received >= n as u64);
+    service.shutdown().await;
+}
