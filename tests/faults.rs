@@ -91,9 +91,16 @@ async fn provision(path: &Path, url: &str) {
     let config = Config::load(path).unwrap();
     let js = sluice::source::jetstream(async_nats::connect(url).await.unwrap());
     let mut report = sluice::source::Report::default();
-    sluice::source::ensure_tenant(&js, &config, "acme", true, &mut report)
-        .await
-        .unwrap();
+    sluice::source::ensure_tenant(
+        &js,
+        &config,
+        "acme",
+        &config.tenants["acme"],
+        true,
+        &mut report,
+    )
+    .await
+    .unwrap();
 }
 
 /// Publish inputs `ids`, each under its own `Nats-Msg-Id` and retried until
@@ -150,7 +157,16 @@ async fn wait_settled(js: &jetstream::Context, n: usize) {
             eprintln!("DEBUG settled after {:?}", started.elapsed());
             return;
         }
-        eprintln!("DEBUG stored {} {:?}", stored(js).await, consumer_info(js).await.map(|i| (i.num_ack_pending, i.num_pending, i.delivered.stream_sequence, i.ack_floor.stream_sequence)));
+        eprintln!(
+            "DEBUG stored {} {:?}",
+            stored(js).await,
+            consumer_info(js).await.map(|i| (
+                i.num_ack_pending,
+                i.num_pending,
+                i.delivered.stream_sequence,
+                i.ack_floor.stream_sequence
+            ))
+        );
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
 }
@@ -400,7 +416,10 @@ fn sluice_dev_processes_traffic_and_stops_cleanly_on_sigint() {
     let (mut acme, mut globex) = (0u64, 0u64);
     while acme == 0 || globex == 0 {
         let Some(line) = next_line(&mut seen, deadline) else {
-            panic!("no summary with traffic for both tenants; stdout:\n{}", seen.join("\n"));
+            panic!(
+                "no summary with traffic for both tenants; stdout:\n{}",
+                seen.join("\n")
+            );
         };
         if let Some(rest) = line.split_once("nats://").map(|(_, r)| r) {
             let addr = rest.split_whitespace().next().unwrap();

@@ -8,6 +8,7 @@
 mod cli;
 mod config;
 mod faults;
+mod hotswap;
 mod jetstream;
 mod plugins;
 mod sandbox;

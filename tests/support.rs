@@ -71,15 +71,28 @@ pub fn sluice() -> Command {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     let bin = BIN.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
+        let mut build = Command::new(cargo);
+        build
             .args(["build", "--quiet", "-p", "sluice", "--bin", "sluice"])
-            // Cargo sets this for the test process; ring's build script
-            // tracks it, so passing it on would rebuild ring and all that
-            // depends on it here and again on the next `cargo test`.
-            .env_remove("CARGO_MANIFEST_DIR")
-            .current_dir(root())
-            .status()
-            .unwrap();
+            .current_dir(root());
+        // Cargo sets these for the test process, and ring's build script
+        // tracks some of them: passed on, they would rebuild ring and all
+        // that depends on it here, and again on the next `cargo test`.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("CARGO_PKG_")
+                || key.starts_with("CARGO_MANIFEST_")
+                || [
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                ]
+                .contains(&&*key)
+            {
+                build.env_remove(&*key);
+            }
+        }
+        let status = build.status().unwrap();
         assert!(status.success(), "building the sluice binary failed");
         // The test executable lives in target/<profile>/deps.
         let exe = std::env::current_exe().unwrap();

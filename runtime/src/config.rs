@@ -90,6 +90,12 @@ pub struct HostConfig {
     /// operators often provision with credentials the host does not have.
     #[serde(default)]
     pub provision: bool,
+    /// A folder of tenants, one sub-folder each: `<dir>/<tenant>/tenant.toml`
+    /// (the keys of a `[tenants.ID]` table) plus an optional `user.creds`.
+    /// Watched: adding a folder starts that tenant, removing it stops it,
+    /// editing it restarts only that tenant.
+    #[serde(default)]
+    pub tenants_dir: Option<PathBuf>,
 }
 
 /// `[wasm]`: the guest runtime.
@@ -190,7 +196,7 @@ pub struct TenantDefaults {
 }
 
 /// `[tenants.ID]`: one tenant.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// The JetStream stream the tenant's input is in.
@@ -239,7 +245,7 @@ pub struct TenantConfig {
 }
 
 /// One stage of a tenant's pipeline.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StageConfig {
     /// The plugin's name.
@@ -312,6 +318,7 @@ impl Default for HostConfig {
         HostConfig {
             shutdown_grace: default_grace(),
             provision: false,
+            tenants_dir: None,
         }
     }
 }
@@ -429,6 +436,44 @@ impl Config {
         config.base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
         config.validate()?;
         Ok(config)
+    }
+
+    /// Read a tenant file (`<tenants_dir>/<id>/tenant.toml`: the keys of a
+    /// `[tenants.ID]` table) and check it against this config. Errors name
+    /// that file.
+    pub fn load_tenant(&self, id: &str, path: &Path) -> Result<TenantConfig, ConfigError> {
+        let fail = |key: String, line: Option<usize>, message: String| ConfigError {
+            file: path.to_owned(),
+            key,
+            line,
+            message,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| fail(String::new(), None, format!("cannot read the file: {e}")))?;
+        let de = toml::de::Deserializer::parse(&text).map_err(|e| {
+            fail(
+                String::new(),
+                line_of(&text, e.span()),
+                e.message().trim().to_owned(),
+            )
+        })?;
+        let tenant: TenantConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let key = if key == "." { String::new() } else { key };
+            fail(
+                key,
+                line_of(&text, inner.span()),
+                inner.message().trim().to_owned(),
+            )
+        })?;
+        let mut scoped = self.clone();
+        scoped.file = path.to_owned();
+        if let Some(dir) = path.parent() {
+            scoped.base_dir = dir.to_owned();
+        }
+        scoped.validate_tenant(id, &tenant)?;
+        Ok(tenant)
     }
 
     fn error(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -561,10 +606,24 @@ impl Config {
             .tenants
             .get(id)
             .ok_or_else(|| self.error(&at, "no such tenant"))?;
+        self.permits_of(id, tenant)
+    }
+
+    /// The permitted output patterns of tenant `id` configured as `tenant`.
+    pub fn permits_of(&self, id: &str, tenant: &TenantConfig) -> Result<Vec<String>, ConfigError> {
+        let at = format!("tenants.{}", key_segment(id));
         let output = Template::parse(&tenant.output)
             .map_err(|e| self.error(format!("{at}.output"), error_chain(&e)))?;
         self.permits(id, tenant, &output)
             .map_err(|m| self.error(format!("{at}.permit"), m))
+    }
+
+    /// Check one tenant (for example one read from the tenants folder)
+    /// against this config's plugins and defaults.
+    pub fn validate_tenant(&self, id: &str, tenant: &TenantConfig) -> Result<(), ConfigError> {
+        let at = format!("tenants.{}", key_segment(id));
+        check_name(self, &at, id, "tenant id")?;
+        self.check_tenant(&at, id, tenant)
     }
 
     /// A tenant's limits after defaults; `None` gives the defaults alone.

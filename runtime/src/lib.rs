@@ -17,6 +17,7 @@
 //! - [`subject`] validates and matches NATS subjects;
 //! - [`cli`] is the `sluice` command line; [`telemetry`] sets up logging.
 
+pub mod cases;
 pub mod cli;
 pub mod config;
 pub mod message;
@@ -30,5 +31,6 @@ pub mod subject;
 pub mod telemetry;
 pub mod tenant;
 pub mod wasm;
+pub mod watch;
 
 pub use message::{Message, Origin, Verdict};

@@ -1,105 +1,184 @@
 //! The running host: load plugins, build each tenant's pipeline, connect,
-//! bind (or provision) each tenant's consumer, run the pull loops, and on
-//! shutdown stop pulling and let in-flight messages finish within a grace
-//! period. `sluice run` and `sluice dev` are thin shells around this.
+//! bind (or provision) each tenant's consumer, run the pull loops, watch the
+//! plugin and tenant folders, and on shutdown stop pulling and let in-flight
+//! messages finish within a grace period. `sluice run` and `sluice dev` are
+//! thin shells around this.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
-use crate::plugin::Registry;
+use crate::config::{Config, TenantConfig};
+use crate::plugin::{self, Registry, SwapError};
 use crate::source::{self, Connections, Report};
 use crate::telemetry::StatsSnapshot;
 use crate::tenant::Tenant;
 use crate::wasm::Runtime;
 use crate::wasm::pool::WorkerPool;
+use crate::watch::FolderWatch;
 
 /// A missing stream or consumer is re-checked this often: the operator may
 /// be provisioning it right now.
 const MISSING_RECHECK: Duration = Duration::from_secs(5);
 
+/// Where a tenant came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantSource {
+    /// The main config file; fixed for the life of the process.
+    Config,
+    /// The tenants folder; follows the folder.
+    Folder,
+}
+
+struct Running {
+    tenant: Arc<Tenant>,
+    config: TenantConfig,
+    source: TenantSource,
+    cancel: CancellationToken,
+    handle: JoinHandle<()>,
+    tasks: TaskTracker,
+}
+
+/// Plugin reload counts.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    /// New versions swapped in.
+    pub ok: AtomicU64,
+    /// Candidate versions rejected.
+    pub failed: AtomicU64,
+    /// The last rejection, as logged (names the file and the reason).
+    pub last_error: Mutex<Option<String>>,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    registry: Registry,
+    pool: Arc<WorkerPool>,
+    connections: tokio::sync::Mutex<Connections>,
+    tenants: Mutex<BTreeMap<String, Running>>,
+    reloads: ReloadStats,
+    /// Serialises swaps and tenant changes so two rescans never interleave.
+    changes: tokio::sync::Mutex<()>,
+}
+
 /// The host, running.
 pub struct Service {
-    tenants: BTreeMap<String, Arc<Tenant>>,
-    loops: Vec<JoinHandle<()>>,
-    tasks: TaskTracker,
+    inner: Arc<Inner>,
+    watchers: Vec<JoinHandle<()>>,
     shutdown: CancellationToken,
-    connections: Connections,
-    grace: Duration,
-    // Kept alive for the tenants' sake; dropped last.
-    _pool: Arc<WorkerPool>,
-    _runtime: Arc<Runtime>,
 }
 
 impl Service {
-    /// Start every tenant of `config`.
+    /// Start every tenant of `config` (and of its tenants folder), and watch
+    /// the plugin and tenant folders.
     pub async fn start(config: Config) -> anyhow::Result<Service> {
         let runtime = Arc::new(Runtime::new(crate::cli::cache_dir(Some(&config)))?);
-        let registry = Registry::load(&runtime, &config)?;
+        let registry = Registry::load(runtime, &config)?;
         let pool = Arc::new(
             WorkerPool::new(config.wasm.workers, config.wasm.queue)
                 .context("starting the worker threads")?,
         );
-        let config = Arc::new(config);
+        let inner = Arc::new(Inner {
+            config: Arc::new(config),
+            registry,
+            pool,
+            connections: tokio::sync::Mutex::new(Connections::default()),
+            tenants: Mutex::new(BTreeMap::new()),
+            reloads: ReloadStats::default(),
+            changes: tokio::sync::Mutex::new(()),
+        });
         let shutdown = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        let mut connections = Connections::default();
-        let mut tenants = BTreeMap::new();
-        let mut loops = Vec::new();
-        for (id, tenant_config) in &config.tenants {
-            let pipeline = registry.pipeline(&config, id)?;
-            let nats = source::tenant_nats(&config, tenant_config);
-            let client = connections
-                .get(nats, &config.base_dir)
-                .await
-                .with_context(|| format!("tenant `{id}`: connecting to NATS"))?;
-            let js = source::jetstream(client);
-            let tenant = Tenant::new(
-                id,
-                pipeline,
-                config.limits(Some(tenant_config)),
-                tenant_config.dead_letter.clone(),
-                pool.clone(),
-                js.clone(),
-            );
-            tenants.insert(id.clone(), tenant.clone());
-            loops.push(tokio::spawn(run_tenant(
-                tenant,
-                js,
-                config.clone(),
-                shutdown.clone(),
-                tasks.clone(),
-            )));
+        // Plugins in the folder that no configured tenant uses yet, so that
+        // tenants added later can.
+        inner.clone().rescan_plugins().await;
+        let ids: Vec<String> = inner.config.tenants.keys().cloned().collect();
+        for id in ids {
+            let tenant = inner.config.tenants[&id].clone();
+            inner
+                .start_tenant(&id, tenant, TenantSource::Config, None)
+                .await?;
+        }
+        let mut watchers = Vec::new();
+        if let Some(dir) = inner.plugins_dir() {
+            let watch = FolderWatch::new(&dir, false)
+                .with_context(|| format!("watching the plugin folder {}", dir.display()))?;
+            let (inner, stop) = (inner.clone(), shutdown.clone());
+            watchers.push(tokio::spawn(async move {
+                inner
+                    .follow(watch, stop, |i| {
+                        Box::pin(async move { i.rescan_plugins().await })
+                    })
+                    .await;
+            }));
+        }
+        if let Some(dir) = inner.tenants_dir() {
+            let watch = FolderWatch::new(&dir, true)
+                .with_context(|| format!("watching the tenants folder {}", dir.display()))?;
+            inner.clone().rescan_tenants().await;
+            let (inner, stop) = (inner.clone(), shutdown.clone());
+            watchers.push(tokio::spawn(async move {
+                inner
+                    .follow(watch, stop, |i| {
+                        Box::pin(async move { i.rescan_tenants().await })
+                    })
+                    .await;
+            }));
         }
         Ok(Service {
-            tenants,
-            loops,
-            tasks,
+            inner,
+            watchers,
             shutdown,
-            connections,
-            grace: config.host.shutdown_grace,
-            _pool: pool,
-            _runtime: runtime,
         })
     }
 
     /// Each tenant's counters.
     pub fn stats(&self) -> BTreeMap<String, StatsSnapshot> {
-        self.tenants
+        self.inner
+            .lock_tenants()
             .iter()
-            .map(|(id, t)| (id.clone(), t.stats.snapshot()))
+            .map(|(id, r)| (id.clone(), r.tenant.stats.snapshot()))
             .collect()
     }
 
     /// The running tenants.
-    pub fn tenants(&self) -> &BTreeMap<String, Arc<Tenant>> {
-        &self.tenants
+    pub fn tenants(&self) -> BTreeMap<String, Arc<Tenant>> {
+        self.inner
+            .lock_tenants()
+            .iter()
+            .map(|(id, r)| (id.clone(), r.tenant.clone()))
+            .collect()
+    }
+
+    /// Plugin reloads so far (swapped in, rejected).
+    pub fn reloads(&self) -> (u64, u64) {
+        let r = &self.inner.reloads;
+        (
+            r.ok.load(Ordering::Relaxed),
+            r.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The last rejected plugin version's error (file and reason).
+    pub fn last_reload_error(&self) -> Option<String> {
+        self.inner
+            .reloads
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|l| l.clone())
+    }
+
+    /// The current `name@digest` of plugin `name`.
+    pub fn plugin_label(&self, name: &str) -> Option<String> {
+        self.inner.registry.get(name).map(|p| p.label().to_owned())
     }
 
     /// Stop pulling, give in-flight messages the grace period to settle,
@@ -107,47 +186,430 @@ impl Service {
     /// redelivered by JetStream after its ack_wait.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
-        for l in self.loops {
-            let _ = l.await;
+        for w in self.watchers {
+            w.abort();
         }
-        self.tasks.close();
-        let in_flight: usize = self.tenants.values().map(|t| t.in_flight()).sum();
+        let _guard = self.inner.changes.lock().await;
+        let running: Vec<(String, Running)> = std::mem::take(&mut *self.inner.lock_tenants())
+            .into_iter()
+            .collect();
+        for (_, r) in &running {
+            r.cancel.cancel();
+        }
+        let grace = self.inner.config.host.shutdown_grace;
+        let in_flight: usize = running.iter().map(|(_, r)| r.tenant.in_flight()).sum();
         if in_flight > 0 {
-            tracing::info!(in_flight, grace = ?self.grace, "waiting for in-flight messages to settle");
-        }
-        if tokio::time::timeout(self.grace, self.tasks.wait())
-            .await
-            .is_err()
-        {
-            let left: usize = self.tenants.values().map(|t| t.in_flight()).sum();
-            tracing::warn!(
-                left,
-                "grace period over; unsettled messages are left for redelivery"
+            tracing::info!(
+                in_flight,
+                ?grace,
+                "waiting for in-flight messages to settle"
             );
         }
-        for client in self.connections.clients() {
+        let drains = running.into_iter().map(|(_, r)| drain(r, grace));
+        futures::future::join_all(drains).await;
+        for client in self.inner.connections.lock().await.clients() {
             // Acks are fire-and-forget: make sure they leave the process.
             let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
         }
     }
 }
 
-/// Bind (or provision) the tenant's consumer, then pull until shutdown. A
+/// Stop one tenant's loop and wait (up to `grace`) for its in-flight
+/// messages.
+async fn drain(r: Running, grace: Duration) {
+    r.cancel.cancel();
+    let _ = r.handle.await;
+    r.tasks.close();
+    if tokio::time::timeout(grace, r.tasks.wait()).await.is_err() {
+        tracing::warn!(
+            tenant = &*r.tenant.id,
+            left = r.tenant.in_flight(),
+            "grace period over; unsettled messages are left for redelivery"
+        );
+    }
+}
+
+type Rescan = fn(Arc<Inner>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+impl Inner {
+    fn lock_tenants(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Running>> {
+        self.tenants.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn plugins_dir(&self) -> Option<PathBuf> {
+        self.config
+            .plugins
+            .dir
+            .as_ref()
+            .map(|d| self.config.base_dir.join(d))
+    }
+
+    fn tenants_dir(&self) -> Option<PathBuf> {
+        self.config
+            .host
+            .tenants_dir
+            .as_ref()
+            .map(|d| self.config.base_dir.join(d))
+    }
+
+    async fn follow(
+        self: Arc<Self>,
+        mut watch: FolderWatch,
+        stop: CancellationToken,
+        rescan: Rescan,
+    ) {
+        loop {
+            tokio::select! {
+                tick = watch.changed() => if tick.is_none() { return },
+                () = stop.cancelled() => return,
+            }
+            rescan(self.clone()).await;
+        }
+    }
+
+    /// Start a tenant's loop (replacing nothing: the caller stopped any
+    /// previous one). `base_dir` anchors the tenant's relative paths.
+    async fn start_tenant(
+        self: &Arc<Self>,
+        id: &str,
+        tenant_config: TenantConfig,
+        source: TenantSource,
+        base_dir: Option<&Path>,
+    ) -> anyhow::Result<()> {
+        let pipeline = {
+            let (inner, id, tc) = (self.clone(), id.to_owned(), tenant_config.clone());
+            tokio::task::spawn_blocking(move || {
+                inner.registry.pipeline_for(&inner.config, &id, &tc, None)
+            })
+            .await??
+        };
+        let nats = source::tenant_nats(&self.config, &tenant_config).clone();
+        let base = base_dir.unwrap_or(&self.config.base_dir).to_owned();
+        let client = self
+            .connections
+            .lock()
+            .await
+            .get(&nats, &base)
+            .await
+            .with_context(|| format!("tenant `{id}`: connecting to NATS"))?;
+        let js = source::jetstream(client);
+        let tenant = Tenant::new(
+            id,
+            pipeline,
+            self.config.limits(Some(&tenant_config)),
+            tenant_config.dead_letter.clone(),
+            self.pool.clone(),
+            js.clone(),
+        );
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let handle = tokio::spawn(run_tenant(
+            tenant.clone(),
+            js,
+            self.config.clone(),
+            tenant_config.clone(),
+            cancel.clone(),
+            tasks.clone(),
+        ));
+        let previous = self.lock_tenants().insert(
+            id.to_owned(),
+            Running {
+                tenant,
+                config: tenant_config,
+                source,
+                cancel,
+                handle,
+                tasks,
+            },
+        );
+        if let Some(previous) = previous {
+            // Not expected (callers stop first); never leave a loop orphaned.
+            drain(previous, self.config.host.shutdown_grace).await;
+        }
+        tracing::info!(tenant = id, ?source, "tenant started");
+        Ok(())
+    }
+
+    async fn stop_tenant(&self, id: &str) {
+        let running = self.lock_tenants().remove(id);
+        if let Some(r) = running {
+            drain(r, self.config.host.shutdown_grace).await;
+            tracing::info!(tenant = id, "tenant stopped");
+        }
+    }
+
+    /// Compare the plugin folder with the registry: load new and changed
+    /// files as candidates, swap those that pass, and unload removed ones
+    /// that no pipeline uses.
+    async fn rescan_plugins(self: Arc<Self>) {
+        let Some(dir) = self.plugins_dir() else {
+            return;
+        };
+        let _guard = self.changes.lock().await;
+        let mut seen = HashSet::new();
+        for (name, path) in wasm_files(&dir) {
+            // Plugins declared with their own path elsewhere are not the
+            // folder's to change.
+            if self.config.plugin.contains_key(&name) {
+                continue;
+            }
+            seen.insert(name.clone());
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            let digest = format!("{:x}", Sha256::digest(&bytes));
+            if self
+                .registry
+                .get(&name)
+                .is_some_and(|p| p.digest() == digest)
+            {
+                continue;
+            }
+            match self.clone().swap(&name, bytes, &path).await {
+                Ok(label) => {
+                    self.reloads.ok.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(plugin = label, file = %path.display(), "plugin version live");
+                }
+                Err(e) => {
+                    self.reloads.failed.fetch_add(1, Ordering::Relaxed);
+                    let current = self.registry.get(&name).map(|p| p.label().to_owned());
+                    let error = format!("{}: {:#}", path.display(), anyhow::Error::from(e));
+                    if let Ok(mut last) = self.reloads.last_error.lock() {
+                        *last = Some(error.clone());
+                    }
+                    tracing::warn!(
+                        plugin = name,
+                        file = %path.display(),
+                        error,
+                        serving = current.as_deref().unwrap_or("nothing"),
+                        "new plugin version rejected; the previous version keeps serving"
+                    );
+                }
+            }
+        }
+        for plugin in self.registry.all() {
+            let name = plugin.name();
+            if seen.contains(name) || self.config.plugin.contains_key(name) {
+                continue;
+            }
+            let users: Vec<String> = self
+                .lock_tenants()
+                .iter()
+                .filter(|(_, r)| r.config.pipeline.iter().any(|s| s.plugin == name))
+                .map(|(id, _)| id.clone())
+                .collect();
+            if users.is_empty() {
+                self.registry.remove(name);
+                tracing::info!(plugin = plugin.label(), "plugin file removed; unloaded");
+            } else {
+                tracing::warn!(
+                    plugin = plugin.label(),
+                    tenants = users.join(", "),
+                    "plugin file removed but pipelines use it; keeping the loaded version"
+                );
+            }
+        }
+    }
+
+    /// Validate a candidate off the hot path, build the new pipelines of
+    /// every tenant that uses it (each stage's `init` must accept its
+    /// config), then swap: registry first, then each tenant's pipeline.
+    async fn swap(
+        self: Arc<Self>,
+        name: &str,
+        bytes: Vec<u8>,
+        path: &Path,
+    ) -> Result<String, SwapError> {
+        let tenants: Vec<(String, Arc<Tenant>, TenantConfig)> = self
+            .lock_tenants()
+            .iter()
+            .filter(|(_, r)| r.config.pipeline.iter().any(|s| s.plugin == name))
+            .map(|(id, r)| (id.clone(), r.tenant.clone(), r.config.clone()))
+            .collect();
+        let inner = self.clone();
+        let name = name.to_owned();
+        let cases = path.with_file_name(format!("{name}.cases.json"));
+        let built = tokio::task::spawn_blocking(move || {
+            let spec = inner
+                .config
+                .plugin_spec(&name)
+                .map_err(|m| SwapError::Stage {
+                    tenant: String::new(),
+                    cause: anyhow::anyhow!(m),
+                })?;
+            let candidate =
+                inner
+                    .registry
+                    .candidate(&name, &bytes, plugin::limits_of(&spec), Some(&cases))?;
+            let mut pipelines = Vec::with_capacity(tenants.len());
+            for (id, tenant, tc) in tenants {
+                let pipeline = inner
+                    .registry
+                    .pipeline_for(&inner.config, &id, &tc, Some(&candidate))
+                    .map_err(|cause| SwapError::Stage {
+                        tenant: id.clone(),
+                        cause,
+                    })?;
+                pipelines.push((tenant, pipeline));
+            }
+            Ok::<_, SwapError>((candidate, pipelines))
+        })
+        .await
+        .map_err(|e| SwapError::Stage {
+            tenant: String::new(),
+            cause: e.into(),
+        })?;
+        let (candidate, pipelines) = built?;
+        self.registry.insert(candidate.clone());
+        for (tenant, pipeline) in pipelines {
+            tenant.pipeline.store(Arc::new(pipeline));
+        }
+        Ok(candidate.label().to_owned())
+    }
+
+    /// Compare the tenants folder with the running folder tenants: start
+    /// new ones, restart changed ones, stop removed ones. A broken
+    /// `tenant.toml` is reported and leaves every other tenant (and that
+    /// tenant's running version, if any) alone.
+    async fn rescan_tenants(self: Arc<Self>) {
+        let Some(dir) = self.tenants_dir() else {
+            return;
+        };
+        let _guard = self.changes.lock().await;
+        let mut wanted: BTreeMap<String, (TenantConfig, PathBuf)> = BTreeMap::new();
+        let mut broken: HashSet<String> = HashSet::new();
+        for (id, folder) in tenant_folders(&dir) {
+            let file = folder.join("tenant.toml");
+            if self.config.tenants.contains_key(&id) {
+                tracing::warn!(tenant = id, file = %file.display(), "a tenant of this id is in the main config; the folder is ignored");
+                continue;
+            }
+            match self.config.load_tenant(&id, &file) {
+                Ok(mut tc) => {
+                    absolutize_credentials(&mut tc, &folder, &self.config);
+                    wanted.insert(id, (tc, folder));
+                }
+                Err(e) => {
+                    tracing::warn!(tenant = id, error = %e, "tenant file rejected; other tenants are not affected");
+                    broken.insert(id);
+                }
+            }
+        }
+        let running: BTreeMap<String, TenantConfig> = self
+            .lock_tenants()
+            .iter()
+            .filter(|(_, r)| r.source == TenantSource::Folder)
+            .map(|(id, r)| (id.clone(), r.config.clone()))
+            .collect();
+        for (id, _) in running
+            .iter()
+            .filter(|(id, _)| !wanted.contains_key(*id) && !broken.contains(*id))
+        {
+            self.stop_tenant(id).await;
+        }
+        for (id, (tc, folder)) in wanted {
+            match running.get(&id) {
+                Some(current) if *current == tc => continue,
+                Some(_) => self.stop_tenant(&id).await,
+                None => {}
+            }
+            if let Err(e) = self
+                .start_tenant(&id, tc, TenantSource::Folder, Some(&folder))
+                .await
+            {
+                tracing::warn!(tenant = id, error = %format!("{e:#}"), "tenant cannot start; other tenants are not affected");
+            }
+        }
+    }
+}
+
+/// `NAME.wasm` files in `dir` (hidden and temporary files skipped).
+fn wasm_files(dir: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<(String, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "wasm"))
+        .filter_map(|p| {
+            let name = p.file_stem()?.to_str()?.to_owned();
+            (!name.starts_with('.')).then_some((name, p))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// `<dir>/<id>/` folders holding a `tenant.toml`.
+fn tenant_folders(dir: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut folders: Vec<(String, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && p.join("tenant.toml").is_file())
+        .filter_map(|p| {
+            let id = p.file_name()?.to_str()?.to_owned();
+            (!id.starts_with('.')).then_some((id, p))
+        })
+        .collect();
+    folders.sort();
+    folders
+}
+
+/// A folder tenant's credential files are relative to its folder, and a
+/// `user.creds` beside `tenant.toml` is its credentials when it names none.
+/// Absolute paths also keep two tenants' `user.creds` from sharing a
+/// connection.
+fn absolutize_credentials(tc: &mut TenantConfig, folder: &Path, config: &Config) {
+    let creds = folder.join("user.creds");
+    if tc.nats.is_none() && creds.is_file() {
+        let mut nats = config.nats.clone();
+        nats.token = None;
+        nats.user = None;
+        nats.password = None;
+        nats.nkey_file = None;
+        nats.creds_file = Some(creds);
+        tc.nats = Some(nats);
+    }
+    if let Some(nats) = &mut tc.nats {
+        for file in [&mut nats.creds_file, &mut nats.nkey_file]
+            .into_iter()
+            .flatten()
+        {
+            if file.is_relative() {
+                *file = folder.join(&*file);
+            }
+        }
+    }
+}
+
+/// Bind (or provision) the tenant's consumer, then pull until cancelled. A
 /// missing stream or consumer is an operator's job: say so, and check again
 /// periodically; a server that is down is waited for.
 async fn run_tenant(
     tenant: Arc<Tenant>,
     js: async_nats::jetstream::Context,
     config: Arc<Config>,
-    shutdown: CancellationToken,
+    tenant_config: TenantConfig,
+    cancel: CancellationToken,
     tasks: TaskTracker,
 ) {
     let id = tenant.id.to_string();
     let mut pause = Duration::from_millis(200);
     let consumer = loop {
         let mut report = Report::default();
-        let attempt =
-            source::ensure_tenant(&js, &config, &id, config.host.provision, &mut report).await;
+        let attempt = source::ensure_tenant(
+            &js,
+            &config,
+            &id,
+            &tenant_config,
+            config.host.provision,
+            &mut report,
+        )
+        .await;
         for created in &report.created {
             tracing::info!(tenant = id, "created {created}");
         }
@@ -168,11 +630,11 @@ async fn run_tenant(
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            () = shutdown.cancelled() => return,
+            () = cancel.cancelled() => return,
         }
     };
     tracing::info!(tenant = id, "consumer bound; pulling");
-    if let Err(e) = tenant.pull_loop(consumer, shutdown, tasks).await {
+    if let Err(e) = tenant.pull_loop(consumer, cancel, tasks).await {
         tracing::error!(tenant = id, "{e}");
     }
 }

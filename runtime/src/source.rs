@@ -305,21 +305,16 @@ pub async fn ensure_tenant(
     js: &jetstream::Context,
     config: &Config,
     id: &str,
+    tenant: &TenantConfig,
     create: bool,
     report: &mut Report,
 ) -> Result<consumer::PullConsumer, TopologyError> {
     let file = config.file.display().to_string();
-    let Some(tenant) = config.tenants.get(id) else {
-        return Err(TopologyError::Missing {
-            what: format!("tenant {id}"),
-            config: file,
-        });
-    };
     // Every tenant of this config reading the same stream in the same
     // account contributes its filter, so a shared input stream is created
     // whole.
     let nats = tenant_nats(config, tenant);
-    let mut subjects: Vec<String> = Vec::new();
+    let mut subjects: Vec<String> = vec![tenant.filter.clone()];
     for t in config.tenants.values() {
         if t.stream == tenant.stream
             && tenant_nats(config, t) == nats
@@ -331,10 +326,12 @@ pub async fn ensure_tenant(
     ensure_stream(js, &tenant.stream, &subjects, None, create, &file, report).await?;
     let window = Some(config.defaults.duplicate_window);
     if let Some(out) = &tenant.output_stream {
-        let permits = config.tenant_permits(id).map_err(|e| TopologyError::Api {
-            action: format!("derive tenant {id}'s permitted subjects"),
-            source: e.into(),
-        })?;
+        let permits = config
+            .permits_of(id, tenant)
+            .map_err(|e| TopologyError::Api {
+                action: format!("derive tenant {id}'s permitted subjects"),
+                source: e.into(),
+            })?;
         ensure_stream(js, out, &permits, window, create, &file, report).await?;
     }
     if let Some(dlq) = &tenant.dead_letter_stream {

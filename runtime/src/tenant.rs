@@ -160,8 +160,12 @@ impl Tenant {
                             );
                             continue;
                         };
+                        // The pipeline is taken at admission: a message
+                        // admitted before a plugin swap finishes on the old
+                        // version, one admitted after it uses the new one.
+                        let pipeline = self.pipeline.load_full();
                         let this = self.clone();
-                        tasks.spawn(async move { this.process(msg, permit).await });
+                        tasks.spawn(async move { this.process(msg, pipeline, permit).await });
                     }
                     Some(Err(e)) => {
                         tracing::warn!(tenant, error = %e, "pull interrupted; retrying");
@@ -207,7 +211,12 @@ impl Tenant {
 
     /// One message from pull to settle. The permit is released when this
     /// returns.
-    async fn process(self: Arc<Self>, msg: jetstream::Message, _permit: OwnedSemaphorePermit) {
+    async fn process(
+        self: Arc<Self>,
+        msg: jetstream::Message,
+        pipeline: Arc<Pipeline>,
+        _permit: OwnedSemaphorePermit,
+    ) {
         TenantStats::bump(&self.stats.received, 1);
         let tenant = &*self.id;
         let origin = match msg.info() {
@@ -230,7 +239,6 @@ impl Tenant {
             headers: sink::header_list(msg.headers.as_ref()),
             payload: msg.payload.to_vec(),
         });
-        let pipeline = self.pipeline.load_full();
         let work = self.pool.run(pipeline, origin.clone(), source.clone());
         tokio::pin!(work);
         let started = Instant::now();

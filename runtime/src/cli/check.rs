@@ -3,6 +3,7 @@
 //! first problem ends the check with an error naming the file and key.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::config::Config;
 use crate::plugin::Registry;
@@ -10,12 +11,16 @@ use crate::wasm::Runtime;
 
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    let runtime = Runtime::new(super::cache_dir(Some(&config)))?;
-    let registry = Registry::load(&runtime, &config)?;
+    let runtime = Arc::new(Runtime::new(super::cache_dir(Some(&config)))?);
+    let registry = Registry::load(runtime, &config)?;
     for id in config.tenants.keys() {
         registry.pipeline(&config, id)?;
     }
-    let plugins: Vec<&str> = registry.iter().map(|p| p.label()).collect();
+    let plugins: Vec<String> = registry
+        .all()
+        .iter()
+        .map(|p| p.label().to_owned())
+        .collect();
     println!(
         "{}: ok ({} tenant{}, plugins: {})",
         path.display(),

@@ -130,8 +130,8 @@ pub fn run(args: HandleArgs) -> anyhow::Result<()> {
             .subject
             .clone()
             .unwrap_or_else(|| sample_subject(&tenant_config.filter));
-        let runtime = Runtime::new(super::cache_dir(Some(&config)))?;
-        let registry = Registry::load(&runtime, &config)?;
+        let runtime = Arc::new(Runtime::new(super::cache_dir(Some(&config)))?);
+        let registry = Registry::load(runtime, &config)?;
         let pipeline = Arc::new(registry.pipeline(&config, &tenant)?);
         let origin = origin(&args, &tenant, published_ms);
         let msg = Message {

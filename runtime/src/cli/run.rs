@@ -45,7 +45,7 @@ pub async fn provision(path: &Path, verify: bool) -> anyhow::Result<()> {
             .with_context(|| format!("tenant `{id}`: connecting to NATS"))?;
         let js = source::jetstream(client);
         let mut report = Report::default();
-        let result = source::ensure_tenant(&js, &config, id, !verify, &mut report).await;
+        let result = source::ensure_tenant(&js, &config, id, tenant, !verify, &mut report).await;
         for created in &report.created {
             println!("{id}: created {created}");
         }
