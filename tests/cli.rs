@@ -223,3 +223,68 @@ fn check_accepts_the_example_and_names_the_key_of_a_bad_one() {
         "{err}"
     );
 }
+
+#[test]
+fn bench_processes_every_message_and_writes_complete_json() {
+    // Correctness only: a small run must settle every message on both sides
+    // and report every field. Speed is measured by running the bench, not
+    // by a test.
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("out.json");
+    let svg_path = dir.path().join("out.svg");
+    let nats = crate::support::root().join(".tools/venv/bin/nats-server");
+    let mut cmd = sluice();
+    cmd.args([
+        "bench",
+        "--messages",
+        "2000",
+        "--latency-phase",
+        "1s",
+        "--tenants",
+        "2",
+    ])
+    .arg("--json")
+    .arg(&json_path)
+    .arg("--plot")
+    .arg(&svg_path);
+    if nats.is_file() {
+        cmd.arg("--nats-server").arg(&nats);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    for key in [
+        "messages",
+        "payload_bytes",
+        "tenants",
+        "stages",
+        "sluice_msgs_per_sec",
+        "baseline_msgs_per_sec",
+        "ratio",
+        "p50_ms",
+        "p99_ms",
+        "peak_rss_mib",
+    ] {
+        assert!(
+            v.get(key).is_some_and(|x| !x.is_null()),
+            "missing {key}: {v}"
+        );
+    }
+    assert_eq!(v["messages"], 2000);
+    assert_eq!(v["payload_bytes"], 256);
+    assert_eq!(v["stages"], 3);
+    assert_eq!(v["sluice"]["processed"], 2000, "{v}");
+    assert_eq!(v["baseline"]["processed"], 2000, "{v}");
+    assert!(v["sluice_msgs_per_sec"].as_f64().unwrap() > 0.0);
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("throughput (msg/s)") && table.contains("ratio"),
+        "{table}"
+    );
+}

@@ -118,6 +118,7 @@ impl Sink {
             Outcome::Publish { outputs, .. } => match self.publish_all(outputs).await {
                 Ok((count, duplicates)) => {
                     TenantStats::bump(&self.stats.published, 1);
+                    self.stats.record_latency(micros_since(origin.published_ms));
                     TenantStats::bump(&self.stats.outputs, count - duplicates);
                     TenantStats::bump(&self.stats.duplicates, duplicates);
                     self.ack(msg).await
@@ -243,6 +244,12 @@ impl Sink {
             payload: source.payload.clone(),
         }
     }
+}
+
+/// Microseconds from `ms` (Unix epoch milliseconds) to now; 0 if the
+/// clocks disagree.
+fn micros_since(ms: u64) -> u64 {
+    crate::telemetry::now_micros().saturating_sub(ms.saturating_mul(1000))
 }
 
 /// Our header list as a NATS header map.

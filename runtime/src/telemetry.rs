@@ -29,9 +29,14 @@ pub fn init(format: LogFormat, default_filter: &str) {
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Per-tenant counters of what the host did. Cheap to bump on the hot path
-/// (relaxed atomics); read by `sluice dev`'s summary and the metrics.
-#[derive(Debug, Default)]
+/// (relaxed atomics); read by `sluice dev`'s summary, `sluice bench` and the
+/// metrics.
+#[derive(Debug)]
 pub struct TenantStats {
+    /// End-to-end latency of published messages, in microseconds: from when
+    /// JetStream stored the source to when the last output's PubAck came
+    /// back.
+    pub latency: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
     /// Messages pulled from the tenant's consumer.
     pub received: AtomicU64,
     /// Sources acked after their outputs were confirmed (or with nothing to
@@ -52,6 +57,11 @@ pub struct TenantStats {
     pub failures: AtomicU64,
     /// Publishes (outputs or dead letters) that failed or timed out.
     pub publish_errors: AtomicU64,
+    /// When the first message was received, µs since the Unix epoch (0:
+    /// not yet).
+    pub first_received_us: AtomicU64,
+    /// When the last message was settled, µs since the Unix epoch.
+    pub last_settled_us: AtomicU64,
 }
 
 /// A point-in-time copy of [`TenantStats`].
@@ -77,7 +87,59 @@ pub struct StatsSnapshot {
     pub publish_errors: u64,
 }
 
+/// Latencies are kept from 1 µs to 10 min at 3 significant digits: ~20 KB
+/// per tenant, and a slow minute still lands in the histogram.
+#[allow(clippy::expect_used)] // Constant, valid bounds: this cannot fail.
+fn latency_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+impl Default for TenantStats {
+    fn default() -> Self {
+        TenantStats {
+            latency: std::sync::Mutex::new(latency_histogram()),
+            received: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            outputs: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            publish_errors: AtomicU64::new(0),
+            first_received_us: AtomicU64::new(0),
+            last_settled_us: AtomicU64::new(0),
+        }
+    }
+}
+
 impl TenantStats {
+    /// Record one end-to-end latency.
+    pub fn record_latency(&self, micros: u64) {
+        if let Ok(mut h) = self.latency.lock() {
+            h.saturating_record(micros.max(1));
+        }
+    }
+
+    /// Note that a message was received (keeps the first time).
+    pub fn mark_received(&self) {
+        Self::bump(&self.received, 1);
+        if self.first_received_us.load(Ordering::Relaxed) == 0 {
+            let _ = self.first_received_us.compare_exchange(
+                0,
+                now_micros(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Note that a message was settled (keeps the latest time).
+    pub fn mark_settled(&self) {
+        self.last_settled_us
+            .fetch_max(now_micros(), Ordering::Relaxed);
+    }
+
     /// Add one to a counter.
     pub fn bump(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
@@ -98,4 +160,11 @@ impl TenantStats {
             publish_errors: r(&self.publish_errors),
         }
     }
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }

@@ -217,7 +217,7 @@ impl Tenant {
         pipeline: Arc<Pipeline>,
         _permit: OwnedSemaphorePermit,
     ) {
-        TenantStats::bump(&self.stats.received, 1);
+        self.stats.mark_received();
         let tenant = &*self.id;
         let origin = match msg.info() {
             Ok(info) => Origin {
@@ -267,5 +267,6 @@ impl Tenant {
         };
         tracing::debug!(tenant, stream = %origin.stream, seq = origin.stream_seq, outcome = outcome.kind(), "settling");
         self.sink.settle(&msg, &origin, &source, outcome).await;
+        self.stats.mark_settled();
     }
 }

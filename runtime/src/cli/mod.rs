@@ -1,5 +1,6 @@
 //! The `sluice` command line: one subcommand per job, each in its own module.
 
+mod bench;
 mod check;
 mod dev;
 mod handle;
@@ -54,6 +55,9 @@ pub enum Command {
     /// A local nats-server, the example tenants and plugins, sample traffic
     /// and a live summary, until Ctrl-C.
     Dev(dev::DevArgs),
+    /// End-to-end throughput and latency against a real nats-server, side
+    /// by side with a plain async-nats baseline.
+    Bench(bench::BenchArgs),
 }
 
 /// Run the parsed command line.
@@ -78,6 +82,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => {
             telemetry::init(cli.log_format, "warn");
             tokio_runtime()?.block_on(dev::run(args))
+        }
+        Command::Bench(args) => {
+            telemetry::init(cli.log_format, "warn");
+            tokio_runtime()?.block_on(bench::run(args))
         }
     }
 }
