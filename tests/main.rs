@@ -10,6 +10,7 @@ mod config;
 mod faults;
 mod hotswap;
 mod jetstream;
+mod ops;
 mod plugins;
 mod sandbox;
 mod support;

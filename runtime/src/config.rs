@@ -96,6 +96,10 @@ pub struct HostConfig {
     /// editing it restarts only that tenant.
     #[serde(default)]
     pub tenants_dir: Option<PathBuf>,
+    /// Serve `/metrics` (Prometheus), `/healthz` and `/readyz` here, e.g.
+    /// `"127.0.0.1:9090"`. `--metrics-addr` overrides it.
+    #[serde(default)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// `[wasm]`: the guest runtime.
@@ -319,6 +323,7 @@ impl Default for HostConfig {
             shutdown_grace: default_grace(),
             provision: false,
             tenants_dir: None,
+            metrics_addr: None,
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod message;
 pub mod nats_server;
+pub mod ops;
 pub mod pipeline;
 pub mod plugin;
 pub mod service;

@@ -71,6 +71,16 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The `name@digest` of the stage that decided.
+    pub fn plugin(&self) -> &str {
+        match self {
+            Outcome::Publish { plugin, .. }
+            | Outcome::Ack { plugin }
+            | Outcome::DeadLetter { plugin, .. }
+            | Outcome::Retry { plugin, .. } => plugin,
+        }
+    }
+
     /// Bounded label for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -67,6 +67,43 @@ struct Inner {
     reloads: ReloadStats,
     /// Serialises swaps and tenant changes so two rescans never interleave.
     changes: tokio::sync::Mutex<()>,
+    /// Every connection made, for health checks.
+    clients: Mutex<Vec<(crate::config::NatsConfig, String, async_nats::Client)>>,
+}
+
+impl crate::ops::Status for Inner {
+    fn tenants(&self) -> Vec<Arc<Tenant>> {
+        self.lock_tenants()
+            .values()
+            .map(|r| r.tenant.clone())
+            .collect()
+    }
+
+    fn plugins(&self) -> Vec<(String, String)> {
+        self.registry
+            .all()
+            .iter()
+            .map(|p| (p.name().to_owned(), p.digest().to_owned()))
+            .collect()
+    }
+
+    fn reloads(&self) -> (u64, u64) {
+        (
+            self.reloads.ok.load(Ordering::Relaxed),
+            self.reloads.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    fn connections(&self) -> Vec<(String, bool)> {
+        let clients = self.clients.lock().map(|c| c.clone()).unwrap_or_default();
+        clients
+            .into_iter()
+            .map(|(_, label, c)| {
+                let up = c.connection_state() == async_nats::connection::State::Connected;
+                (label, up)
+            })
+            .collect()
+    }
 }
 
 /// The host, running.
@@ -94,6 +131,7 @@ impl Service {
             tenants: Mutex::new(BTreeMap::new()),
             reloads: ReloadStats::default(),
             changes: tokio::sync::Mutex::new(()),
+            clients: Mutex::new(Vec::new()),
         });
         let shutdown = CancellationToken::new();
         // Plugins in the folder that no configured tenant uses yet, so that
@@ -155,6 +193,21 @@ impl Service {
             .iter()
             .map(|(id, r)| (id.clone(), r.tenant.clone()))
             .collect()
+    }
+
+    /// Serve `/metrics`, `/healthz` and `/readyz` on `addr`; returns the
+    /// bound address.
+    pub async fn serve_ops(
+        &mut self,
+        addr: std::net::SocketAddr,
+    ) -> anyhow::Result<std::net::SocketAddr> {
+        let status: Arc<dyn crate::ops::Status> = self.inner.clone();
+        let (local, handle) = crate::ops::serve(addr, status)
+            .await
+            .with_context(|| format!("listening on {addr} for metrics"))?;
+        self.watchers.push(handle);
+        tracing::info!(addr = %local, "serving /metrics, /healthz and /readyz");
+        Ok(local)
     }
 
     /// Plugin reloads so far (swapped in, rejected).
@@ -292,6 +345,22 @@ impl Inner {
             .get(&nats, &base)
             .await
             .with_context(|| format!("tenant `{id}`: connecting to NATS"))?;
+        if let Ok(mut clients) = self.clients.lock() {
+            // One entry per distinct connection (one client may serve
+            // several tenants).
+            if !clients.iter().any(|(n, _, _)| *n == nats) {
+                let mut label = nats.servers.join(",");
+                if let Some(user) = &nats.user {
+                    label.push_str(&format!(" (user {user})"));
+                } else if nats.creds_file.is_some()
+                    || nats.nkey_file.is_some()
+                    || nats.token.is_some()
+                {
+                    label.push_str(&format!(" (credentials {})", clients.len() + 1));
+                }
+                clients.push((nats.clone(), label, client.clone()));
+            }
+        }
         let js = source::jetstream(client);
         let tenant = Tenant::new(
             id,
@@ -634,7 +703,31 @@ async fn run_tenant(
         }
     };
     tracing::info!(tenant = id, "consumer bound; pulling");
-    if let Err(e) = tenant.pull_loop(consumer, cancel, tasks).await {
+    tenant.stats.bound.store(true, Ordering::Relaxed);
+    let sampler = tokio::spawn(sample_lag(tenant.clone(), consumer.clone(), cancel.clone()));
+    if let Err(e) = tenant.clone().pull_loop(consumer, cancel, tasks).await {
         tracing::error!(tenant = id, "{e}");
+    }
+    tenant.stats.bound.store(false, Ordering::Relaxed);
+    sampler.abort();
+}
+
+/// How often consumer lag is sampled: consumer info is a JetStream API
+/// request, cheap but not per message.
+const LAG_SAMPLE: Duration = Duration::from_secs(5);
+
+async fn sample_lag(
+    tenant: Arc<Tenant>,
+    mut consumer: async_nats::jetstream::consumer::PullConsumer,
+    cancel: CancellationToken,
+) {
+    loop {
+        if let Ok(info) = consumer.info().await {
+            tenant.stats.lag.store(info.num_pending, Ordering::Relaxed);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(LAG_SAMPLE) => {}
+            () = cancel.cancelled() => return,
+        }
     }
 }

@@ -62,6 +62,18 @@ pub struct TenantStats {
     pub first_received_us: AtomicU64,
     /// When the last message was settled, µs since the Unix epoch.
     pub last_settled_us: AtomicU64,
+    /// Outcomes by (plugin name, outcome kind): which stage decided what.
+    pub outcomes: std::sync::Mutex<std::collections::HashMap<(String, &'static str), u64>>,
+    /// Guest failures by (plugin name, cause).
+    pub failure_causes: std::sync::Mutex<std::collections::HashMap<(String, &'static str), u64>>,
+    /// Time from admission to the pipeline's outcome (queue wait included).
+    pub handler_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Messages pending in the consumer, sampled from consumer info.
+    pub lag: AtomicU64,
+    /// Messages between pull and settle right now.
+    pub in_flight: AtomicU64,
+    /// Whether the tenant's consumer is bound (the pull loop runs).
+    pub bound: std::sync::atomic::AtomicBool,
 }
 
 /// A point-in-time copy of [`TenantStats`].
@@ -109,6 +121,16 @@ impl Default for TenantStats {
             publish_errors: AtomicU64::new(0),
             first_received_us: AtomicU64::new(0),
             last_settled_us: AtomicU64::new(0),
+            outcomes: Default::default(),
+            failure_causes: Default::default(),
+            // 50 µs to ~3.3 s: a Rust pipeline lands in the first buckets,
+            // an interpreted one or a queue under load further up.
+            handler_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 17),
+            ),
+            lag: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            bound: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -138,6 +160,23 @@ impl TenantStats {
     pub fn mark_settled(&self) {
         self.last_settled_us
             .fetch_max(now_micros(), Ordering::Relaxed);
+    }
+
+    /// Count an outcome decided by `plugin` (a `name@digest` label; only
+    /// the name is kept, so the label set stays bounded across versions).
+    pub fn count_outcome(&self, plugin: &str, kind: &'static str) {
+        let name = plugin.split('@').next().unwrap_or(plugin);
+        if let Ok(mut m) = self.outcomes.lock() {
+            *m.entry((name.to_owned(), kind)).or_default() += 1;
+        }
+    }
+
+    /// Count a guest failure of `plugin` by cause.
+    pub fn count_failure(&self, plugin: &str, cause: &'static str) {
+        let name = plugin.split('@').next().unwrap_or(plugin);
+        if let Ok(mut m) = self.failure_causes.lock() {
+            *m.entry((name.to_owned(), cause)).or_default() += 1;
+        }
     }
 
     /// Add one to a counter.

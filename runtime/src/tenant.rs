@@ -98,9 +98,15 @@ impl Tenant {
         })
     }
 
-    /// Messages currently between pull and settle.
+    /// Messages currently between pull and settle (permits reserved for a
+    /// pull still waiting on the server are not counted).
     pub fn in_flight(&self) -> usize {
-        self.limits.max_in_flight - self.permits.available_permits()
+        usize::try_from(
+            self.stats
+                .in_flight
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .unwrap_or(usize::MAX)
     }
 
     /// Pull and process until `shutdown`; each message is processed on a
@@ -218,6 +224,7 @@ impl Tenant {
         _permit: OwnedSemaphorePermit,
     ) {
         self.stats.mark_received();
+        let _counted = InFlight::enter(&self.stats);
         let tenant = &*self.id;
         let origin = match msg.info() {
             Ok(info) => Origin {
@@ -256,8 +263,24 @@ impl Tenant {
                 }
             }
         };
+        self.stats
+            .handler_seconds
+            .observe(started.elapsed().as_secs_f64());
         let outcome = match result {
-            Ok(o) => sink::give_up_on_last_delivery(o, origin.delivered, self.limits.max_deliver),
+            Ok(o) => {
+                if let crate::pipeline::Outcome::Retry {
+                    failure: Some(f),
+                    plugin,
+                    ..
+                } = &o
+                {
+                    self.stats.count_failure(plugin, f.kind.as_str());
+                }
+                let o =
+                    sink::give_up_on_last_delivery(o, origin.delivered, self.limits.max_deliver);
+                self.stats.count_outcome(o.plugin(), o.kind());
+                o
+            }
             Err(_) => {
                 // The pool is shutting down: hand the message back now
                 // rather than after ack_wait.
@@ -268,5 +291,25 @@ impl Tenant {
         tracing::debug!(tenant, stream = %origin.stream, seq = origin.stream_seq, outcome = outcome.kind(), "settling");
         self.sink.settle(&msg, &origin, &source, outcome).await;
         self.stats.mark_settled();
+    }
+}
+
+/// Counts a message in flight for as long as it lives.
+struct InFlight<'a>(&'a TenantStats);
+
+impl<'a> InFlight<'a> {
+    fn enter(stats: &'a TenantStats) -> Self {
+        stats
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(stats)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

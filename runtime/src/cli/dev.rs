@@ -26,6 +26,9 @@ pub struct DevArgs {
     /// Seconds between summary lines.
     #[arg(long, default_value_t = 2)]
     every: u64,
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Sample events: orders and refunds route, audit events route by subject,
@@ -66,7 +69,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     config.host.provision = true;
     let tenants: Vec<String> = config.tenants.keys().cloned().collect();
-    let service = Service::start(config).await?;
+    let mut service = Service::start(config).await?;
+    if let Some(addr) = args.metrics_addr {
+        let local = service.serve_ops(addr).await?;
+        println!("metrics at http://{local}/metrics");
+    }
     println!(
         "tenants: {}; publishing {} sample messages/s; Ctrl-C to stop",
         tenants.join(", "),

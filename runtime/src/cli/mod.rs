@@ -41,6 +41,10 @@ pub enum Command {
         /// The config file.
         #[arg(long)]
         config: PathBuf,
+        /// Serve /metrics, /healthz and /readyz here (overrides
+        /// host.metrics_addr).
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Create missing streams and consumers (never replacing, shrinking or
     /// deleting what exists); report differences.
@@ -71,9 +75,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             telemetry::init(cli.log_format, "warn");
             handle::run(args)
         }
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            metrics_addr,
+        } => {
             telemetry::init(cli.log_format, "info");
-            tokio_runtime()?.block_on(run::run(&config))
+            tokio_runtime()?.block_on(run::run(&config, metrics_addr))
         }
         Command::Provision { config, verify } => {
             telemetry::init(cli.log_format, "warn");

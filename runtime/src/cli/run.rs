@@ -9,9 +9,13 @@ use crate::service::Service;
 use crate::source::{self, Connections, Report};
 
 /// Run until SIGINT or SIGTERM, then shut down gracefully.
-pub async fn run(path: &Path) -> anyhow::Result<()> {
+pub async fn run(path: &Path, metrics_addr: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    let service = Service::start(config).await?;
+    let metrics_addr = metrics_addr.or(config.host.metrics_addr);
+    let mut service = Service::start(config).await?;
+    if let Some(addr) = metrics_addr {
+        service.serve_ops(addr).await?;
+    }
     tracing::info!(tenants = service.tenants().len(), "sluice is running");
     shutdown_signal().await?;
     tracing::info!("shutting down: no more pulls, letting in-flight messages settle");

@@ -1,0 +1,369 @@
+//! The operator's view: Prometheus metrics at `/metrics`, liveness at
+//! `/healthz` and readiness at `/readyz`, on `--metrics-addr`.
+//!
+//! Metrics are read from the host's own counters at scrape time (a
+//! `prometheus-client` collector), so the per-message path only bumps
+//! atomics. Labels come from bounded sets — tenant, plugin name, outcome,
+//! failure cause — never a subject or a digest (the digest is in one info
+//! metric per plugin).
+//!
+//! The HTTP side answers three GET paths; a hand-written responder on the
+//! tokio listener is smaller than any server framework and has nothing else
+//! to do.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::tenant::Tenant;
+
+/// What the ops endpoints need to know about the running host.
+pub trait Status: Send + Sync + 'static {
+    /// Running tenants.
+    fn tenants(&self) -> Vec<Arc<Tenant>>;
+    /// Loaded plugins: (name, digest).
+    fn plugins(&self) -> Vec<(String, String)>;
+    /// Plugin reloads: (ok, failed).
+    fn reloads(&self) -> (u64, u64);
+    /// NATS connections: (servers, connected).
+    fn connections(&self) -> Vec<(String, bool)>;
+}
+
+/// Serve the ops endpoints on `addr` until the task is dropped. Returns the
+/// bound address (useful with port 0).
+pub async fn serve(
+    addr: SocketAddr,
+    status: Arc<dyn Status>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let handle = tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                continue;
+            };
+            let status = status.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut len = 0;
+                // Read the request head; bodies are not expected.
+                while len < buf.len() {
+                    match socket.read(&mut buf[len..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => len += n,
+                    }
+                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf[..len]);
+                let path = head.split_whitespace().nth(1).unwrap_or("/");
+                let (code, content_type, body) = respond(path, &*status);
+                let reason = match code {
+                    200 => "OK",
+                    404 => "Not Found",
+                    _ => "Service Unavailable",
+                };
+                let response = format!(
+                    "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    Ok((local, handle))
+}
+
+fn respond(path: &str, status: &dyn Status) -> (u16, &'static str, String) {
+    let path = path.split('?').next().unwrap_or(path);
+    match path {
+        "/metrics" => {
+            let mut registry = Registry::default();
+            registry.register_collector(Box::new(HostCollector(StatusRef(snapshot(status)))));
+            let mut text = String::new();
+            match prometheus_client::encoding::text::encode(&mut text, &registry) {
+                Ok(()) => (
+                    200,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    text,
+                ),
+                Err(_) => (503, "text/plain", "cannot encode metrics\n".into()),
+            }
+        }
+        "/healthz" => {
+            let mut body = String::from("ok\n");
+            for (servers, up) in status.connections() {
+                body.push_str(&format!(
+                    "nats {servers}: {}\n",
+                    if up { "connected" } else { "disconnected" }
+                ));
+            }
+            (200, "text/plain", body)
+        }
+        "/readyz" => {
+            let mut problems = Vec::new();
+            for (servers, up) in status.connections() {
+                if !up {
+                    problems.push(format!("nats {servers} is unreachable"));
+                }
+            }
+            for t in status.tenants() {
+                if !t.stats.bound.load(Ordering::Relaxed) {
+                    problems.push(format!("tenant {} has no bound consumer yet", t.id));
+                }
+            }
+            if problems.is_empty() {
+                (200, "text/plain", "ready\n".into())
+            } else {
+                (
+                    503,
+                    "text/plain",
+                    format!("not ready:\n{}\n", problems.join("\n")),
+                )
+            }
+        }
+        _ => (
+            404,
+            "text/plain",
+            "not found; try /metrics, /healthz or /readyz\n".into(),
+        ),
+    }
+}
+
+/// Everything a scrape reads, taken at once.
+struct Snapshot {
+    tenants: Vec<Arc<Tenant>>,
+    plugins: Vec<(String, String)>,
+    reloads: (u64, u64),
+    connections: Vec<(String, bool)>,
+}
+
+fn snapshot(status: &dyn Status) -> Snapshot {
+    Snapshot {
+        tenants: status.tenants(),
+        plugins: status.plugins(),
+        reloads: status.reloads(),
+        connections: status.connections(),
+    }
+}
+
+struct StatusRef(Snapshot);
+
+impl std::fmt::Debug for StatusRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StatusRef")
+    }
+}
+
+#[derive(Debug)]
+struct HostCollector(StatusRef);
+
+fn counter_family<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (Vec<(&'a str, String)>, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in rows {
+        let family = metric.encode_family(&labels)?;
+        ConstCounter::new(value).encode(family)?;
+    }
+    Ok(())
+}
+
+fn gauge_family<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (Vec<(&'a str, String)>, i64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in rows {
+        let family = metric.encode_family(&labels)?;
+        ConstGauge::new(value).encode(family)?;
+    }
+    Ok(())
+}
+
+impl Collector for HostCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0.0;
+        let per_tenant = |f: &dyn Fn(&Tenant) -> u64| -> Vec<(Vec<(&str, String)>, u64)> {
+            s.tenants
+                .iter()
+                .map(|t| (vec![("tenant", t.id.to_string())], f(t)))
+                .collect()
+        };
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        counter_family(
+            &mut encoder,
+            "sluice_messages_received",
+            "Messages pulled from the tenant's consumer (redeliveries included).",
+            per_tenant(&|t| load(&t.stats.received)),
+        )?;
+        let outcomes: Vec<(Vec<(&str, String)>, u64)> = s
+            .tenants
+            .iter()
+            .flat_map(|t| {
+                let map = t
+                    .stats
+                    .outcomes
+                    .lock()
+                    .map(|m| m.clone())
+                    .unwrap_or_default();
+                map.into_iter().map(move |((plugin, kind), n)| {
+                    (
+                        vec![
+                            ("tenant", t.id.to_string()),
+                            ("plugin", plugin),
+                            ("outcome", kind.to_owned()),
+                        ],
+                        n,
+                    )
+                })
+            })
+            .collect();
+        counter_family(
+            &mut encoder,
+            "sluice_outcomes",
+            "Pipeline outcomes (publish, ack, retry, dead-letter) by the plugin whose verdict decided.",
+            outcomes,
+        )?;
+        counter_family(
+            &mut encoder,
+            "sluice_outputs_published",
+            "Output messages newly stored by JetStream.",
+            per_tenant(&|t| load(&t.stats.outputs)),
+        )?;
+        counter_family(
+            &mut encoder,
+            "sluice_duplicates",
+            "Outputs and dead letters JetStream dropped as duplicates (redeliveries inside the duplicate window).",
+            per_tenant(&|t| load(&t.stats.duplicates)),
+        )?;
+        counter_family(
+            &mut encoder,
+            "sluice_dead_letters",
+            "Messages dead-lettered and terminated.",
+            per_tenant(&|t| load(&t.stats.dead_lettered)),
+        )?;
+        counter_family(
+            &mut encoder,
+            "sluice_retries",
+            "Messages nak'ed for redelivery.",
+            per_tenant(&|t| load(&t.stats.retried)),
+        )?;
+        counter_family(
+            &mut encoder,
+            "sluice_publish_errors",
+            "Publishes of outputs or dead letters that failed or timed out (the source is nak'ed).",
+            per_tenant(&|t| load(&t.stats.publish_errors)),
+        )?;
+        let failures: Vec<(Vec<(&str, String)>, u64)> = s
+            .tenants
+            .iter()
+            .flat_map(|t| {
+                let map = t
+                    .stats
+                    .failure_causes
+                    .lock()
+                    .map(|m| m.clone())
+                    .unwrap_or_default();
+                map.into_iter().map(move |((plugin, cause), n)| {
+                    (
+                        vec![
+                            ("tenant", t.id.to_string()),
+                            ("plugin", plugin),
+                            ("cause", cause.to_owned()),
+                        ],
+                        n,
+                    )
+                })
+            })
+            .collect();
+        counter_family(
+            &mut encoder,
+            "sluice_guest_failures",
+            "Guest calls that failed, by cause: deadline, memory, trap, init.",
+            failures,
+        )?;
+        {
+            let mut metric = encoder.encode_descriptor(
+                "sluice_handler_duration_seconds",
+                "Time from admission to the pipeline's outcome, worker queue included.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for t in &s.tenants {
+                let labels = vec![("tenant", t.id.to_string())];
+                let family = metric.encode_family(&labels)?;
+                t.stats.handler_seconds.encode(family)?;
+            }
+        }
+        let gauge = |f: &dyn Fn(&Tenant) -> i64| -> Vec<(Vec<(&str, String)>, i64)> {
+            s.tenants
+                .iter()
+                .map(|t| (vec![("tenant", t.id.to_string())], f(t)))
+                .collect()
+        };
+        gauge_family(
+            &mut encoder,
+            "sluice_in_flight",
+            "Messages between pull and settle.",
+            gauge(&|t| i64::try_from(t.in_flight()).unwrap_or(i64::MAX)),
+        )?;
+        gauge_family(
+            &mut encoder,
+            "sluice_consumer_lag",
+            "Messages pending in the tenant's consumer (num_pending, sampled every few seconds).",
+            gauge(&|t| i64::try_from(load(&t.stats.lag)).unwrap_or(i64::MAX)),
+        )?;
+        gauge_family(
+            &mut encoder,
+            "sluice_consumer_bound",
+            "1 when the tenant's consumer is bound and its pull loop runs.",
+            gauge(&|t| i64::from(t.stats.bound.load(Ordering::Relaxed))),
+        )?;
+        counter_family(
+            &mut encoder,
+            "sluice_plugin_reloads",
+            "Plugin versions from the plugin folder swapped in (ok) or rejected (failed).",
+            [
+                (vec![("result", "ok".to_owned())], s.reloads.0),
+                (vec![("result", "failed".to_owned())], s.reloads.1),
+            ],
+        )?;
+        gauge_family(
+            &mut encoder,
+            "sluice_plugin_info",
+            "The active version of each plugin (always 1; the digest is a label).",
+            s.plugins.iter().map(|(name, digest)| {
+                (
+                    vec![("plugin", name.clone()), ("digest", digest.clone())],
+                    1,
+                )
+            }),
+        )?;
+        gauge_family(
+            &mut encoder,
+            "sluice_nats_connected",
+            "1 while the NATS connection is up.",
+            s.connections
+                .iter()
+                .map(|(servers, up)| (vec![("servers", servers.clone())], i64::from(*up))),
+        )?;
+        Ok(())
+    }
+}

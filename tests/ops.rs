@@ -1,0 +1,195 @@
+//! The operator's view against a real nats-server: `/metrics` counts what
+//! happened, `/readyz` follows the NATS connection.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sluice::config::Config;
+use sluice::service::Service;
+
+use crate::support::{config_file, js, nats, publish, stream_len, wait_for};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+const CONFIG: &str = r#"
+[nats]
+servers = ["{url}"]
+
+[host]
+provision = true
+shutdown_grace = "2s"
+
+[plugin.verdict]
+path = "{dist}/testing/verdict.wasm"
+
+[defaults]
+ack_wait = "2s"
+max_deliver = 3
+backoff = ["50ms"]
+
+[tenants.acme]
+stream = "ACME"
+filter = "acme.in.>"
+output = "{tenant}.out.{subject[2..]}"
+dead_letter = "acme.dlq"
+output_stream = "ACME_OUT"
+dead_letter_stream = "ACME_DLQ"
+pipeline = [{ plugin = "verdict" }]
+"#;
+
+/// A plain HTTP/1.1 GET; returns the status code and body.
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// `name{labels} value` lines as a map.
+fn samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happened_per_tenant() {
+    let server = nats();
+    let (_dir, path) = config_file(CONFIG, &server.url());
+    let mut service = Service::start(Config::load(&path).unwrap()).await.unwrap();
+    let addr = service
+        .serve_ops("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let js = js(&server.url()).await;
+    wait_for("the stream", LIMIT, || async {
+        js.get_stream("ACME").await.is_ok()
+    })
+    .await;
+    for _ in 0..5 {
+        publish(&js, "acme.in.x", "next").await;
+    }
+    publish(&js, "acme.in.x", "dead:no").await;
+    publish(&js, "acme.in.x", "dead:no").await;
+    publish(&js, "acme.in.x", "retry:10").await;
+    publish(&js, "acme.in.x", "trap").await;
+    wait_for("5 outputs and 4 dead letters", LIMIT, || async {
+        stream_len(&js, "ACME_OUT").await == 5 && stream_len(&js, "ACME_DLQ").await == 4
+    })
+    .await;
+    wait_for("every message settled", LIMIT, || async {
+        service.stats()["acme"].acked + service.stats()["acme"].dead_lettered == 9
+    })
+    .await;
+
+    let (code, text) = tokio::task::spawn_blocking(move || get(addr, "/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{text}");
+    let m = samples(&text);
+    let at = |k: &str| *m.get(k).unwrap_or_else(|| panic!("no {k} in\n{text}"));
+    // 5 + 2 once each, retry and trap three deliveries each.
+    assert_eq!(at(r#"sluice_messages_received_total{tenant="acme"}"#), 13.0);
+    assert_eq!(at(r#"sluice_outputs_published_total{tenant="acme"}"#), 5.0);
+    assert_eq!(at(r#"sluice_dead_letters_total{tenant="acme"}"#), 4.0);
+    assert_eq!(at(r#"sluice_retries_total{tenant="acme"}"#), 4.0);
+    assert_eq!(
+        at(r#"sluice_outcomes_total{tenant="acme",plugin="verdict",outcome="publish"}"#),
+        5.0
+    );
+    assert_eq!(
+        at(r#"sluice_outcomes_total{tenant="acme",plugin="verdict",outcome="dead-letter"}"#),
+        4.0
+    );
+    assert_eq!(
+        at(r#"sluice_outcomes_total{tenant="acme",plugin="verdict",outcome="retry"}"#),
+        4.0
+    );
+    assert_eq!(
+        at(r#"sluice_guest_failures_total{tenant="acme",plugin="verdict",cause="trap"}"#),
+        3.0
+    );
+    assert_eq!(at(r#"sluice_in_flight{tenant="acme"}"#), 0.0);
+    assert_eq!(at(r#"sluice_consumer_bound{tenant="acme"}"#), 1.0);
+    assert_eq!(
+        at(r#"sluice_handler_duration_seconds_count{tenant="acme"}"#),
+        13.0
+    );
+    let digest = service.plugin_label("verdict").unwrap();
+    let digest = digest.split('@').nth(1).unwrap();
+    assert!(
+        m.keys().any(
+            |k| k.starts_with(r#"sluice_plugin_info{plugin="verdict",digest=""#)
+                && k.contains(digest)
+        ),
+        "{text}"
+    );
+    // Never a subject in a label.
+    assert!(!text.contains("acme.in.x"), "{text}");
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_nats_connection() {
+    let mut server = nats();
+    let (_dir, path) = config_file(CONFIG, &server.url());
+    let mut service = Service::start(Config::load(&path).unwrap()).await.unwrap();
+    let addr = service
+        .serve_ops("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let probe = |path: &'static str| tokio::task::spawn_blocking(move || get(addr, path));
+    wait_for("ready", LIMIT, || async {
+        probe("/readyz").await.unwrap().0 == 200
+    })
+    .await;
+    let (code, body) = probe("/healthz").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("connected"), "{body}");
+
+    server.kill();
+    wait_for("not ready while NATS is down", LIMIT, || async {
+        probe("/readyz").await.unwrap().0 == 503
+    })
+    .await;
+    let (code, body) = probe("/healthz").await.unwrap();
+    assert_eq!(code, 200, "alive even without NATS");
+    assert!(body.contains("disconnected"), "{body}");
+
+    server.restart().unwrap();
+    wait_for("ready again after the restart", LIMIT, || async {
+        probe("/readyz").await.unwrap().0 == 200
+    })
+    .await;
+    // And it processes again.
+    let js = js(&server.url()).await;
+    publish(&js, "acme.in.x", "next").await;
+    wait_for("an output", LIMIT, || async {
+        stream_len(&js, "ACME_OUT").await == 1
+    })
+    .await;
+    service.shutdown().await;
+}
