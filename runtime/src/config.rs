@@ -434,7 +434,7 @@ impl Config {
             fail(
                 key,
                 line_of(text, inner.span()),
-                inner.message().trim().to_owned(),
+                suggest(inner.message().trim()),
             )
         })?;
         config.file = path.to_owned();
@@ -469,7 +469,7 @@ impl Config {
             fail(
                 key,
                 line_of(&text, inner.span()),
-                inner.message().trim().to_owned(),
+                suggest(inner.message().trim()),
             )
         })?;
         let mut scoped = self.clone();
@@ -884,6 +884,32 @@ fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> Option<usize> {
             .count()
             + 1,
     )
+}
+
+/// Add "did you mean" to serde's unknown-field message when a valid key is
+/// close to the one written (a typo rather than a misplaced key).
+fn suggest(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_owned();
+    };
+    let Some((unknown, expected)) = rest.split_once('`') else {
+        return message.to_owned();
+    };
+    let best = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (strsim::damerau_levenshtein(unknown, k), k))
+        .min();
+    match best {
+        Some((d, k)) if d <= 2 || (d <= 3 && unknown.len() > 6) => {
+            format!(
+                "unknown field `{unknown}`; did you mean `{k}`? (expected one of{})",
+                expected.trim_start_matches(", expected one of")
+            )
+        }
+        _ => message.to_owned(),
+    }
 }
 
 /// Parse a size such as `64MiB`, `512KiB`, `1GiB`, `1000000` (bytes).

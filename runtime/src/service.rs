@@ -692,7 +692,10 @@ async fn run_tenant(
                 MISSING_RECHECK
             }
             Err(e) => {
-                tracing::warn!(tenant = id, error = %format!("{:#}", anyhow::Error::from(e)), "cannot bind the consumer yet; retrying");
+                let servers = source::tenant_nats(&config, &tenant_config)
+                    .servers
+                    .join(", ");
+                tracing::warn!(tenant = id, %servers, error = %format!("{:#}", anyhow::Error::from(e)), "cannot bind the consumer yet (is NATS reachable?); retrying");
                 pause = (pause * 2).min(Duration::from_secs(5));
                 pause
             }

@@ -17,6 +17,7 @@ use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::config::Limits;
 use crate::message::{Message, Origin};
@@ -246,6 +247,28 @@ impl Tenant {
             headers: sink::header_list(msg.headers.as_ref()),
             payload: msg.payload.to_vec(),
         });
+        // One span per message, at debug: a debug log anywhere below it
+        // carries the tenant, stream and sequence.
+        let span = tracing::debug_span!(
+            "message",
+            tenant,
+            stream = %origin.stream,
+            seq = origin.stream_seq,
+            delivered = origin.delivered,
+        );
+        self.clone()
+            .run_and_settle(msg, pipeline, origin, source)
+            .instrument(span)
+            .await;
+    }
+
+    async fn run_and_settle(
+        self: Arc<Self>,
+        msg: jetstream::Message,
+        pipeline: Arc<Pipeline>,
+        origin: Origin,
+        source: Arc<Message>,
+    ) {
         let work = self.pool.run(pipeline, origin.clone(), source.clone());
         tokio::pin!(work);
         let started = Instant::now();
@@ -288,7 +311,11 @@ impl Tenant {
                 return;
             }
         };
-        tracing::debug!(tenant, stream = %origin.stream, seq = origin.stream_seq, outcome = outcome.kind(), "settling");
+        tracing::debug!(
+            plugin = outcome.plugin(),
+            outcome = outcome.kind(),
+            "settling"
+        );
         self.sink.settle(&msg, &origin, &source, outcome).await;
         self.stats.mark_settled();
     }
