@@ -295,12 +295,28 @@ fn bad_plugin_files_are_refused_with_a_message_that_names_the_problem() {
     let echo = std::fs::read(plugin_path("echo")).unwrap();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("empty.wasm", vec![], "not a valid WebAssembly component"),
-        ("text.wasm", b"hello, world".to_vec(), "not a valid WebAssembly component"),
+        (
+            "text.wasm",
+            b"hello, world".to_vec(),
+            "not a valid WebAssembly component",
+        ),
         // A valid core module: WebAssembly, but not a component.
-        ("core.wasm", b"\0asm\x01\0\0\0".to_vec(), "not a valid WebAssembly component"),
+        (
+            "core.wasm",
+            b"\0asm\x01\0\0\0".to_vec(),
+            "not a valid WebAssembly component",
+        ),
         // A valid, empty component: it exports nothing, so it is no handler.
-        ("empty-component.wasm", b"\0asm\x0d\0\x01\0".to_vec(), "is not a sluice handler"),
-        ("truncated.wasm", echo[..echo.len() / 2].to_vec(), "not a valid WebAssembly component"),
+        (
+            "empty-component.wasm",
+            b"\0asm\x0d\0\x01\0".to_vec(),
+            "is not a sluice handler",
+        ),
+        (
+            "truncated.wasm",
+            echo[..echo.len() / 2].to_vec(),
+            "not a valid WebAssembly component",
+        ),
     ];
     for (name, bytes, expected) in &cases {
         let path = dir.path().join(name);
@@ -309,7 +325,10 @@ fn bad_plugin_files_are_refused_with_a_message_that_names_the_problem() {
         assert!(!out.status.success(), "{name} was accepted");
         let err = String::from_utf8_lossy(&out.stderr);
         let stem = name.trim_end_matches(".wasm");
-        assert!(err.contains(expected) && err.contains(stem), "{name}: {err}");
+        assert!(
+            err.contains(expected) && err.contains(stem),
+            "{name}: {err}"
+        );
         if *name == "empty-component.wasm" {
             assert!(err.contains("it exports: nothing"), "{err}");
         }

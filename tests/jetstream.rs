@@ -367,3 +367,37 @@ async fn without_provisioning_a_missing_stream_is_named_with_the_command_to_crea
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("created"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_that_cannot_be_stored_are_dead_lettered_on_the_last_delivery() {
+    // No output stream: every output publish fails. The message must end up
+    // as a dead letter, not vanish after the server's last delivery.
+    let server = nats();
+    let config = VERDICT_CONFIG
+        .replace("output_stream = \"ACME_OUT\"\n", "")
+        .replace("max_deliver = 3", "max_deliver = 2");
+    let (_dir, path) = config_file(&config, &server.url());
+    let service = Service::start(Config::load(&path).unwrap()).await.unwrap();
+    let js = js(&server.url()).await;
+    wait_for("the input stream", LIMIT, || async {
+        js.get_stream("ACME").await.is_ok()
+    })
+    .await;
+    publish(&js, "acme.in.a", "next").await;
+    wait_for("the dead letter", LIMIT, || async {
+        stream_len(&js, "ACME_DLQ").await == 1
+    })
+    .await;
+    let letter = &read_stream(&js, "ACME_DLQ").await[0];
+    let reason = header(letter, "Sluice-Reason").unwrap();
+    assert!(
+        reason.contains("gave up after 2 deliveries")
+            && reason.contains("publishing outputs failed"),
+        "{reason}"
+    );
+    assert_eq!(&letter.payload[..], b"next");
+    let stats = service.stats()["acme"];
+    assert_eq!(stats.publish_errors, 2, "{stats:?}");
+    assert_eq!(stats.dead_lettered, 1, "{stats:?}");
+    service.shutdown().await;
+}

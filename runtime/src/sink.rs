@@ -81,6 +81,7 @@ pub struct Sink {
     tenant: Arc<str>,
     dead_letter: String,
     backoff: Vec<Duration>,
+    max_deliver: u32,
     stats: Arc<TenantStats>,
 }
 
@@ -91,6 +92,7 @@ impl Sink {
         tenant: Arc<str>,
         dead_letter: String,
         backoff: Vec<Duration>,
+        max_deliver: u32,
         stats: Arc<TenantStats>,
     ) -> Self {
         Sink {
@@ -98,6 +100,7 @@ impl Sink {
             tenant,
             dead_letter,
             backoff,
+            max_deliver,
             stats,
         }
     }
@@ -115,16 +118,28 @@ impl Sink {
         let (stream, seq) = (&origin.stream, origin.stream_seq);
         let retry_delay = backoff_for(&self.backoff, origin.delivered);
         match outcome {
-            Outcome::Publish { outputs, .. } => match self.publish_all(outputs).await {
+            Outcome::Publish { outputs, plugin } => match self.publish_all(outputs).await {
                 Ok((count, duplicates)) => {
                     TenantStats::bump(&self.stats.published, 1);
-                    self.stats.record_latency(micros_since(origin.published_ms));
                     TenantStats::bump(&self.stats.outputs, count - duplicates);
-                    TenantStats::bump(&self.stats.duplicates, duplicates);
+                    self.stats.record_latency(micros_since(origin.published_ms));
                     self.ack(msg).await
                 }
                 Err(e) => {
                     TenantStats::bump(&self.stats.publish_errors, 1);
+                    if origin.delivered >= self.max_deliver {
+                        // Naking now would let the server's last delivery
+                        // go by and drop the message unseen: keep it as a
+                        // dead letter instead.
+                        tracing::warn!(tenant, stream, seq, error = %e, "publishing outputs failed on the last delivery; dead-lettering");
+                        let reason = format!(
+                            "gave up after {} deliveries: publishing outputs failed: {e}",
+                            origin.delivered
+                        );
+                        return self
+                            .dead_letter(msg, origin, source, &reason, &plugin)
+                            .await;
+                    }
                     tracing::warn!(tenant, stream, seq, error = %e, "publishing outputs failed; nak, redelivery re-publishes with the same message ids");
                     self.nak(msg, retry_delay).await
                 }
@@ -142,23 +157,46 @@ impl Sink {
                 self.nak(msg, delay.unwrap_or(retry_delay)).await
             }
             Outcome::DeadLetter { reason, plugin } => {
-                let letter = self.dead_letter_message(origin, source, &reason, &plugin);
-                match self.publish_all(vec![letter]).await {
-                    Ok((_, duplicates)) => {
-                        TenantStats::bump(&self.stats.dead_lettered, 1);
-                        TenantStats::bump(&self.stats.duplicates, duplicates);
-                        tracing::debug!(tenant, stream, seq, plugin, reason, "dead-lettered");
-                        if let Err(e) = msg.ack_with(AckKind::Term).await {
-                            tracing::debug!(tenant, stream, seq, error = %e, "term not sent; the redelivery will be deduplicated");
-                        }
-                        Settled::Termed
-                    }
-                    Err(e) => {
-                        TenantStats::bump(&self.stats.publish_errors, 1);
-                        tracing::warn!(tenant, stream, seq, subject = self.dead_letter, error = %e, "publishing the dead letter failed; nak for redelivery");
-                        self.nak(msg, retry_delay).await
-                    }
+                self.dead_letter(msg, origin, source, &reason, &plugin)
+                    .await
+            }
+        }
+    }
+
+    /// Store the dead letter, then terminate the source; if it cannot be
+    /// stored, nak so a later delivery tries again.
+    async fn dead_letter(
+        &self,
+        msg: &jetstream::Message,
+        origin: &Origin,
+        source: &Message,
+        reason: &str,
+        plugin: &str,
+    ) -> Settled {
+        let tenant = &*self.tenant;
+        let (stream, seq) = (&origin.stream, origin.stream_seq);
+        let letter = self.dead_letter_message(origin, source, reason, plugin);
+        match self.publish_all(vec![letter]).await {
+            Ok((_, duplicates)) => {
+                TenantStats::bump(&self.stats.dead_lettered, 1);
+                TenantStats::bump(&self.stats.duplicates, duplicates);
+                tracing::debug!(tenant, stream, seq, plugin, reason, "dead-lettered");
+                if let Err(e) = msg.ack_with(AckKind::Term).await {
+                    tracing::debug!(tenant, stream, seq, error = %e, "term not sent; the redelivery will be deduplicated");
                 }
+                Settled::Termed
+            }
+            Err(e) => {
+                TenantStats::bump(&self.stats.publish_errors, 1);
+                if origin.delivered > self.max_deliver {
+                    // The consumer allows max_deliver + 1 deliveries: this
+                    // was the last one the server will make.
+                    tracing::error!(tenant, stream, seq, subject = self.dead_letter, error = %e, "the dead letter could not be stored on the server's last delivery; the message is lost unless an operator redelivers it");
+                } else {
+                    tracing::warn!(tenant, stream, seq, subject = self.dead_letter, error = %e, "publishing the dead letter failed; nak for redelivery");
+                }
+                self.nak(msg, backoff_for(&self.backoff, origin.delivered))
+                    .await
             }
         }
     }

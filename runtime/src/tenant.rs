@@ -88,6 +88,7 @@ impl Tenant {
                 id.clone(),
                 dead_letter,
                 limits.backoff.clone(),
+                limits.max_deliver,
                 stats.clone(),
             ),
             permits: Arc::new(Semaphore::new(limits.max_in_flight)),
