@@ -111,8 +111,10 @@ impl Message {
 
     /// Replace the payload with `value` as compact JSON.
     pub fn set_json(&mut self, value: &Value) {
-        // Serialising a `Value` cannot fail: its map keys are strings.
-        self.payload = value.to_string().into_bytes();
+        // Serialising a `Value` cannot fail (its map keys are strings);
+        // `to_vec` writes straight into the buffer, without going through
+        // `Display` and a formatter as `to_string` does.
+        self.payload = serde_json::to_vec(value).unwrap_or_default();
     }
 }
 
