@@ -164,13 +164,14 @@ pub enum TopologyError {
         config: String,
     },
     /// The server could not be asked (down, timeout, permissions).
-    #[error("cannot {action}")]
+    #[error("cannot {action}: {reason}")]
     Api {
         /// What we tried.
         action: String,
-        /// Why.
-        #[source]
-        source: async_nats::Error,
+        /// Why, as the client put it. Kept as text: async-nats errors repeat
+        /// their causes in their own messages, so printing the chain would
+        /// say the same thing several times.
+        reason: String,
     },
 }
 
@@ -183,7 +184,10 @@ impl TopologyError {
 
 fn api(action: impl Into<String>) -> impl FnOnce(async_nats::Error) -> TopologyError {
     let action = action.into();
-    move |source| TopologyError::Api { action, source }
+    move |source| TopologyError::Api {
+        action,
+        reason: source.to_string(),
+    }
 }
 
 /// What `ensure` did, for the report `sluice provision` prints.
@@ -330,7 +334,7 @@ pub async fn ensure_tenant(
             .permits_of(id, tenant)
             .map_err(|e| TopologyError::Api {
                 action: format!("derive tenant {id}'s permitted subjects"),
-                source: e.into(),
+                reason: e.to_string(),
             })?;
         ensure_stream(js, out, &permits, window, create, &file, report).await?;
     }

@@ -59,9 +59,17 @@ pub async fn provision(path: &Path, verify: bool) -> anyhow::Result<()> {
         match result {
             Ok(_) => println!("{id}: ok"),
             Err(e) => {
+                let unreachable = !e.is_missing();
                 let e = anyhow::Error::from(e);
                 println!("{id}: {e:#}");
-                problems.push(format!("tenant `{id}`: {e:#}"));
+                let servers = source::tenant_nats(&config, tenant).servers.join(", ");
+                if unreachable {
+                    problems.push(format!(
+                        "tenant `{id}`: {e:#} (is NATS at {servers} reachable?)"
+                    ));
+                } else {
+                    problems.push(format!("tenant `{id}`: {e:#}"));
+                }
             }
         }
     }
