@@ -7,10 +7,12 @@
 
 mod cli;
 mod config;
+mod conformance;
 mod faults;
 mod hotswap;
 mod jetstream;
 mod ops;
 mod plugins;
 mod sandbox;
+mod scaffold;
 mod support;

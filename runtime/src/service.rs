@@ -440,12 +440,14 @@ impl Inner {
                     tracing::info!(plugin = label, file = %path.display(), "plugin version live");
                 }
                 Err(e) => {
-                    self.reloads.failed.fetch_add(1, Ordering::Relaxed);
                     let current = self.registry.get(&name).map(|p| p.label().to_owned());
                     let error = format!("{}: {:#}", path.display(), anyhow::Error::from(e));
+                    // The error first, then the count: whoever sees the
+                    // count go up finds the error in place.
                     if let Ok(mut last) = self.reloads.last_error.lock() {
                         *last = Some(error.clone());
                     }
+                    self.reloads.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         plugin = name,
                         file = %path.display(),

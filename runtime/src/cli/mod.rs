@@ -4,6 +4,7 @@ mod bench;
 mod check;
 mod dev;
 mod handle;
+mod new;
 mod run;
 
 use std::path::PathBuf;
@@ -59,6 +60,11 @@ pub enum Command {
     /// A local nats-server, the example tenants and plugins, sample traffic
     /// and a live summary, until Ctrl-C.
     Dev(dev::DevArgs),
+    /// Start a handler: NAME/ with a skeleton in Rust, Python or JavaScript,
+    /// the WIT contract and a golden-case file.
+    New(new::NewArgs),
+    /// Build the handler in a folder into NAME.wasm, whatever its language.
+    Build(new::BuildArgs),
     /// End-to-end throughput and latency against a real nats-server, side
     /// by side with a plain async-nats baseline.
     Bench(bench::BenchArgs),
@@ -90,6 +96,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             telemetry::init(cli.log_format, "warn");
             tokio_runtime()?.block_on(dev::run(args))
         }
+        Command::New(args) => new::new(args),
+        Command::Build(args) => new::build(args),
         Command::Bench(args) => {
             telemetry::init(cli.log_format, "warn");
             tokio_runtime()?.block_on(bench::run(args))

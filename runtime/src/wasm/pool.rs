@@ -74,8 +74,9 @@ impl StageRunner {
             }
         };
         let result = instance.handle(origin, msg);
-        if result.is_err() {
-            // A trapped instance may be in any state: never call it again.
+        // A trapped instance may be in any state: never call it again. One
+        // near its memory limit is replaced before it fails a message.
+        if result.is_err() || instance.worn_out() {
             self.instances.remove(&stage.id);
         }
         result

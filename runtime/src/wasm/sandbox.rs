@@ -58,6 +58,7 @@ impl HostState {
             limiter: MemoryLimiter {
                 limit: usize::try_from(memory_limit).unwrap_or(usize::MAX),
                 hit: false,
+                size: 0,
             },
             tenant,
             plugin,
@@ -103,11 +104,15 @@ fn clip(s: &str) -> &str {
 }
 
 /// Refuses linear-memory growth past the plugin's limit and remembers that it
-/// did, so the resulting trap is reported as a memory-limit failure.
+/// did, so the resulting trap is reported as a memory-limit failure. It also
+/// remembers the largest linear memory it granted, which is how big the
+/// instance is (wasm memories never shrink).
 pub struct MemoryLimiter {
     limit: usize,
     /// Set once a growth was refused.
     pub hit: bool,
+    /// The largest linear memory granted so far, in bytes.
+    pub size: usize,
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
@@ -127,6 +132,7 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
                 self.limit
             ));
         }
+        self.size = self.size.max(desired);
         Ok(true)
     }
 
