@@ -92,6 +92,16 @@ pub fn matches(pattern: &str, subject: &str) -> bool {
 /// `{subject[N]}` a sane template uses renders to something.
 const SAMPLE_SUBJECT: &str = "s0.s1.s2.s3.s4.s5.s6.s7.s8.s9.s10.s11.s12.s13.s14.s15";
 
+/// A concrete subject that `pattern` matches: each wildcard token becomes
+/// `fill` (for sample traffic and offline runs).
+pub fn concrete(pattern: &str, fill: &str) -> String {
+    pattern
+        .split('.')
+        .map(|t| if t == "*" || t == ">" { fill } else { t })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Piece {
     Literal(String),

@@ -496,7 +496,7 @@ fn sluice_config(
             streams.extend(tenant.output_stream.clone());
             streams.extend(tenant.dead_letter_stream.clone());
             inputs.push(Input {
-                subject: sample_subject(&tenant.filter),
+                subject: crate::subject::concrete(&tenant.filter, "bench"),
                 streams,
             });
         }
@@ -551,14 +551,6 @@ pipeline = [
     }
     let config = Config::parse(&text, Path::new("bench.toml"))?;
     Ok((config, inputs, 3))
-}
-
-fn sample_subject(filter: &str) -> String {
-    filter
-        .split('.')
-        .map(|t| if t == "*" || t == ">" { "bench" } else { t })
-        .collect::<Vec<_>>()
-        .join(".")
 }
 
 async fn run_sluice(

@@ -129,7 +129,7 @@ pub fn run(args: HandleArgs) -> anyhow::Result<()> {
         let subject = args
             .subject
             .clone()
-            .unwrap_or_else(|| sample_subject(&tenant_config.filter));
+            .unwrap_or_else(|| crate::subject::concrete(&tenant_config.filter, "test"));
         let runtime = Arc::new(Runtime::new(super::cache_dir(Some(&config)))?);
         let registry = Registry::load(runtime, &config)?;
         let pipeline = Arc::new(registry.pipeline(&config, &tenant)?);
@@ -179,15 +179,6 @@ fn tenant_list(config: &Config) -> String {
         .cloned()
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// A concrete subject matching a filter: wildcards become `test`.
-fn sample_subject(filter: &str) -> String {
-    filter
-        .split('.')
-        .map(|t| if t == "*" || t == ">" { "test" } else { t })
-        .collect::<Vec<_>>()
-        .join(".")
 }
 
 /// A message as JSON: the payload as a string when it is UTF-8, otherwise
