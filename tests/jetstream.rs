@@ -401,3 +401,104 @@ async fn outputs_that_cannot_be_stored_are_dead_lettered_on_the_last_delivery() 
     assert_eq!(stats.dead_lettered, 1, "{stats:?}");
     service.shutdown().await;
 }
+
+const MIXED_LANGUAGES: &str = r#"
+[nats]
+servers = ["{url}"]
+
+[host]
+provision = true
+
+[plugins]
+dir = "{dist}"
+# Python instances start at ~12 MiB and compile slowly on first load.
+memory = "64MiB"
+deadline = "500ms"
+
+[tenants.acme]
+stream = "ACME"
+filter = "acme.in.>"
+output = "{tenant}.out.{subject[2..]}"
+dead_letter = "acme.dlq"
+output_stream = "ACME_OUT"
+dead_letter_stream = "ACME_DLQ"
+pipeline = [
+    { plugin = "transform-py", config = { rename = { user = "customer" }, remove = "debug" } },
+    { plugin = "tenant-stamp" },
+    { plugin = "route-js", config = { rule = { 1 = { field = "type", equals = "order", to = "{tenant}.out.orders" } }, unmatched = "dead-letter" } },
+]
+
+[tenants.globex]
+stream = "GLOBEX"
+filter = "globex.in.>"
+output = "{tenant}.out.{subject[2..]}"
+dead_letter = "globex.dlq"
+output_stream = "GLOBEX_OUT"
+pipeline = [
+    { plugin = "transform", config = { rename = { user = "customer" }, remove = "debug" } },
+    { plugin = "tenant-stamp" },
+    { plugin = "route", config = { rule = { 1 = { field = "type", equals = "order", to = "{tenant}.out.orders" } }, unmatched = "dead-letter" } },
+]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_javascript_stages_run_through_jetstream_beside_rust_ones() {
+    let server = nats();
+    let (_dir, path) = config_file(MIXED_LANGUAGES, &server.url());
+    let service = Service::start(Config::load(&path).unwrap()).await.unwrap();
+    let js = js(&server.url()).await;
+    wait_for("both input streams", LIMIT, || async {
+        js.get_stream("ACME").await.is_ok() && js.get_stream("GLOBEX").await.is_ok()
+    })
+    .await;
+    const N: usize = 50;
+    for i in 0..N {
+        let body = format!(r#"{{"type":"order","user":"u{i}","debug":true,"n":{i}}}"#);
+        publish(&js, "acme.in.orders", &body).await;
+        publish(&js, "globex.in.orders", &body).await;
+    }
+    // One that the JavaScript route cannot route: dead-lettered by it.
+    publish(&js, "acme.in.misc", r#"{"type":"other"}"#).await;
+    wait_for(
+        "every output and the dead letter",
+        Duration::from_secs(120),
+        || async {
+            stream_len(&js, "ACME_OUT").await == N as u64
+                && stream_len(&js, "GLOBEX_OUT").await == N as u64
+                && stream_len(&js, "ACME_DLQ").await == 1
+        },
+    )
+    .await;
+    // Same input, same pipeline shape: the mixed-language tenant's outputs
+    // equal the all-Rust tenant's, but for the tenant.
+    let by_n = |mut v: Vec<async_nats::jetstream::message::StreamMessage>| {
+        v.sort_by_key(|m| serde_json::from_slice::<Value>(&m.payload).unwrap()["n"].as_u64());
+        v
+    };
+    let mixed = by_n(read_stream(&js, "ACME_OUT").await);
+    let rust = by_n(read_stream(&js, "GLOBEX_OUT").await);
+    for (m, r) in mixed.iter().zip(&rust) {
+        let mut a: Value = serde_json::from_slice(&m.payload).unwrap();
+        let mut b: Value = serde_json::from_slice(&r.payload).unwrap();
+        assert_eq!(a["tenant_id"], "acme");
+        assert_eq!(b["tenant_id"], "globex");
+        a["tenant_id"] = Value::Null;
+        b["tenant_id"] = Value::Null;
+        assert_eq!(a, b);
+        assert!(
+            a.get("customer").is_some() && a.get("debug").is_none(),
+            "{a}"
+        );
+        assert_eq!(m.subject.as_str(), "acme.out.orders");
+        assert!(header(m, "Sluice-Plugin").unwrap().starts_with("route-js@"));
+    }
+    let letter = &read_stream(&js, "ACME_DLQ").await[0];
+    assert!(
+        header(letter, "Sluice-Plugin")
+            .unwrap()
+            .starts_with("route-js@")
+    );
+    let stats = service.stats();
+    assert_eq!(stats["acme"].failures, 0, "{:?}", stats["acme"]);
+    service.shutdown().await;
+}
