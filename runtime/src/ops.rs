@@ -223,15 +223,17 @@ impl Collector for HostCollector {
                     .lock()
                     .map(|m| m.clone())
                     .unwrap_or_default();
-                map.into_iter().map(move |((plugin, kind), n)| {
-                    (
-                        vec![
-                            ("tenant", t.id.to_string()),
-                            ("plugin", plugin),
-                            ("outcome", kind.to_owned()),
-                        ],
-                        n,
-                    )
+                map.into_iter().flat_map(move |(plugin, by_kind)| {
+                    by_kind.into_iter().map(move |(kind, n)| {
+                        (
+                            vec![
+                                ("tenant", t.id.to_string()),
+                                ("plugin", plugin.clone()),
+                                ("outcome", kind.to_owned()),
+                            ],
+                            n,
+                        )
+                    })
                 })
             })
             .collect();

@@ -63,7 +63,9 @@ pub struct TenantStats {
     /// When the last message was settled, µs since the Unix epoch.
     pub last_settled_us: AtomicU64,
     /// Outcomes by (plugin name, outcome kind): which stage decided what.
-    pub outcomes: std::sync::Mutex<std::collections::HashMap<(String, &'static str), u64>>,
+    pub outcomes: std::sync::Mutex<
+        std::collections::HashMap<String, std::collections::HashMap<&'static str, u64>>,
+    >,
     /// Guest failures by (plugin name, cause).
     pub failure_causes: std::sync::Mutex<std::collections::HashMap<(String, &'static str), u64>>,
     /// Time from admission to the pipeline's outcome (queue wait included).
@@ -167,7 +169,14 @@ impl TenantStats {
     pub fn count_outcome(&self, plugin: &str, kind: &'static str) {
         let name = plugin.split('@').next().unwrap_or(plugin);
         if let Ok(mut m) = self.outcomes.lock() {
-            *m.entry((name.to_owned(), kind)).or_default() += 1;
+            // Look up by `&str` first: this runs per message, and the
+            // plugin's entry exists after its first message.
+            match m.get_mut(name) {
+                Some(by_kind) => *by_kind.entry(kind).or_default() += 1,
+                None => {
+                    m.entry(name.to_owned()).or_default().insert(kind, 1);
+                }
+            }
         }
     }
 
