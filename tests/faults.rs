@@ -23,7 +23,7 @@ use sluice::service::Service;
 
 use crate::support::{
     config_file, header, js, nats, nats_on_port, nats_server_binary, nats_with, read_stream,
-    sluice, stream_len, wait_for,
+    sluice, stream_len, verdict_config, wait_for,
 };
 
 /// Deadline for a condition that normally holds within seconds: long
@@ -43,31 +43,9 @@ const TOTAL: usize = N + N / 5;
 /// drops a re-published output), and `ack_wait` is short so what a crashed
 /// host held is redelivered fast. `max_deliver` leaves room for the extra
 /// deliveries a crash causes, so none of them ends as a dead letter.
-const CONFIG: &str = r#"
-[nats]
-servers = ["{url}"]
-
-[host]
-provision = true
-shutdown_grace = "5s"
-
-[plugin.verdict]
-path = "{dist}/testing/verdict.wasm"
-
-[defaults]
-ack_wait = "2s"
-max_deliver = 10
-backoff = ["100ms"]
-
-[tenants.acme]
-stream = "ACME"
-filter = "acme.in.>"
-output = "{tenant}.out.{subject[2..]}"
-dead_letter = "acme.dlq"
-output_stream = "ACME_OUT"
-dead_letter_stream = "ACME_DLQ"
-pipeline = [{ plugin = "verdict" }]
-"#;
+fn config() -> String {
+    verdict_config("5s", 10, "100ms")
+}
 
 /// nats-server writes asynchronously; SIGKILLed, it can lose messages it
 /// already confirmed. Syncing every write keeps the server's own losses out
@@ -297,7 +275,7 @@ impl Drop for Proc {
 async fn nats_server_killed_mid_stream_recovers_without_a_restart() {
     let mut server = nats_with(Some(SYNC_ALWAYS));
     let url = server.url();
-    let (_dir, path) = config_file(CONFIG, &url);
+    let (_dir, path) = config_file(&config(), &url);
     provision(&path, &url).await;
     // A backlog, so the kill finds the host busy; more inputs after the
     // restart, so some always arrive while the host is recovering.
@@ -323,7 +301,7 @@ async fn nats_server_killed_mid_stream_recovers_without_a_restart() {
 async fn host_killed_mid_stream_and_restarted_loses_and_duplicates_nothing() {
     let server = nats();
     let url = server.url();
-    let (dir, path) = config_file(CONFIG, &url);
+    let (dir, path) = config_file(&config(), &url);
     provision(&path, &url).await;
     publish_inputs(&url, 0..N).await;
     let js = js(&url).await;
@@ -358,7 +336,7 @@ async fn host_killed_mid_stream_and_restarted_loses_and_duplicates_nothing() {
 async fn sigterm_exits_0_within_the_grace_period_and_loses_nothing() {
     let server = nats();
     let url = server.url();
-    let (dir, path) = config_file(CONFIG, &url);
+    let (dir, path) = config_file(&config(), &url);
     provision(&path, &url).await;
     publish_inputs(&url, 0..N).await;
     let js = js(&url).await;
@@ -468,7 +446,7 @@ fn sluice_dev_processes_traffic_and_stops_cleanly_on_sigint() {
 async fn a_host_started_before_nats_waits_and_then_processes() {
     let port = free_port().unwrap();
     let url = format!("nats://127.0.0.1:{port}");
-    let (_dir, path) = config_file(CONFIG, &url);
+    let (_dir, path) = config_file(&config(), &url);
     // Starting must not wait for the server: the host comes up first in
     // many deployments.
     let service = tokio::time::timeout(LIMIT, Service::start(Config::load(&path).unwrap()))

@@ -340,13 +340,7 @@ pipeline = [{ plugin = "tenant-stamp" }]
     for i in 100..150 {
         publish(&js, "acme.in.x", &format!(r#"{{"i":{i}}}"#)).await;
     }
-    let consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_stream("ACME")
-        .await
-        .unwrap()
-        .get_consumer("sluice")
-        .await
-        .unwrap();
+    let consumer = crate::support::consumer(&js, "ACME").await;
     let mut c = consumer.clone();
     let info = c.info().await.unwrap();
     assert_eq!(info.num_ack_pending, 0, "nothing left half-processed");

@@ -12,41 +12,15 @@ use sluice::service::Service;
 
 use crate::support::{
     config_file, create_stream, header, js, js_as, nats, nats_with, publish, read_stream,
-    stream_len, wait_for,
+    stream_len, verdict_config, wait_for,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-const VERDICT_CONFIG: &str = r#"
-[nats]
-servers = ["{url}"]
-
-[host]
-provision = true
-shutdown_grace = "5s"
-
-[plugin.verdict]
-path = "{dist}/testing/verdict.wasm"
-
-[defaults]
-ack_wait = "2s"
-max_deliver = 3
-backoff = ["100ms"]
-
-[tenants.acme]
-stream = "ACME"
-filter = "acme.in.>"
-output = "{tenant}.out.{subject[2..]}"
-dead_letter = "acme.dlq"
-output_stream = "ACME_OUT"
-dead_letter_stream = "ACME_DLQ"
-pipeline = [{ plugin = "verdict" }]
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_verdict_has_exactly_its_jetstream_effect() {
     let server = nats();
-    let (_dir, path) = config_file(VERDICT_CONFIG, &server.url());
+    let (_dir, path) = config_file(&verdict_config("5s", 3, "100ms"), &server.url());
     let service = Service::start(Config::load(&path).unwrap()).await.unwrap();
     let js = js(&server.url()).await;
     wait_for("the input stream", LIMIT, || async {
@@ -77,13 +51,7 @@ async fn every_verdict_has_exactly_its_jetstream_effect() {
         stream_len(&js, "ACME_OUT").await == 3 && stream_len(&js, "ACME_DLQ").await == 4
     })
     .await;
-    let consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_stream("ACME")
-        .await
-        .unwrap()
-        .get_consumer("sluice")
-        .await
-        .unwrap();
+    let consumer = crate::support::consumer(&js, "ACME").await;
     wait_for("nothing pending or unacked", LIMIT, || {
         let mut c = consumer.clone();
         async move {
@@ -327,7 +295,7 @@ async fn without_provisioning_a_missing_stream_is_named_with_the_command_to_crea
     let js = js(&server.url()).await;
     create_stream(&js, "OTHER", &["other.>"]).await;
     let (_dir, path) = config_file(
-        &VERDICT_CONFIG.replace("provision = true", "provision = false"),
+        &verdict_config("5s", 3, "100ms").replace("provision = true", "provision = false"),
         &server.url(),
     );
     let out = crate::support::sluice()
@@ -373,7 +341,7 @@ async fn outputs_that_cannot_be_stored_are_dead_lettered_on_the_last_delivery() 
     // No output stream: every output publish fails. The message must end up
     // as a dead letter, not vanish after the server's last delivery.
     let server = nats();
-    let config = VERDICT_CONFIG
+    let config = verdict_config("5s", 3, "100ms")
         .replace("output_stream = \"ACME_OUT\"\n", "")
         .replace("max_deliver = 3", "max_deliver = 2");
     let (_dir, path) = config_file(&config, &server.url());

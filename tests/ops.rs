@@ -9,35 +9,9 @@ use std::time::Duration;
 use sluice::config::Config;
 use sluice::service::Service;
 
-use crate::support::{config_file, js, nats, publish, stream_len, wait_for};
+use crate::support::{config_file, js, nats, publish, stream_len, verdict_config, wait_for};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-const CONFIG: &str = r#"
-[nats]
-servers = ["{url}"]
-
-[host]
-provision = true
-shutdown_grace = "2s"
-
-[plugin.verdict]
-path = "{dist}/testing/verdict.wasm"
-
-[defaults]
-ack_wait = "2s"
-max_deliver = 3
-backoff = ["50ms"]
-
-[tenants.acme]
-stream = "ACME"
-filter = "acme.in.>"
-output = "{tenant}.out.{subject[2..]}"
-dead_letter = "acme.dlq"
-output_stream = "ACME_OUT"
-dead_letter_stream = "ACME_DLQ"
-pipeline = [{ plugin = "verdict" }]
-"#;
 
 /// A plain HTTP/1.1 GET; returns the status code and body.
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -78,7 +52,7 @@ fn samples(text: &str) -> HashMap<String, f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_happened_per_tenant() {
     let server = nats();
-    let (_dir, path) = config_file(CONFIG, &server.url());
+    let (_dir, path) = config_file(&verdict_config("2s", 3, "50ms"), &server.url());
     let mut service = Service::start(Config::load(&path).unwrap()).await.unwrap();
     let addr = service
         .serve_ops("127.0.0.1:0".parse().unwrap())
@@ -155,7 +129,7 @@ async fn metrics_count_what_happened_per_tenant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_the_nats_connection() {
     let mut server = nats();
-    let (_dir, path) = config_file(CONFIG, &server.url());
+    let (_dir, path) = config_file(&verdict_config("2s", 3, "50ms"), &server.url());
     let mut service = Service::start(Config::load(&path).unwrap()).await.unwrap();
     let addr = service
         .serve_ops("127.0.0.1:0".parse().unwrap())

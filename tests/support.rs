@@ -280,3 +280,49 @@ pub fn nats_on_port(port: u16) -> PortServer {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A config whose tenant `acme` runs the `verdict` test guest alone, with its
+/// outputs and dead letters stored (`ACME_OUT`, `ACME_DLQ`) and a short
+/// `ack_wait`; `{url}` and `{dist}` are left for [`config_file`].
+pub fn verdict_config(shutdown_grace: &str, max_deliver: u32, backoff: &str) -> String {
+    format!(
+        r#"
+[nats]
+servers = ["{{url}}"]
+
+[host]
+provision = true
+shutdown_grace = "{shutdown_grace}"
+
+[plugin.verdict]
+path = "{{dist}}/testing/verdict.wasm"
+
+[defaults]
+ack_wait = "2s"
+max_deliver = {max_deliver}
+backoff = ["{backoff}"]
+
+[tenants.acme]
+stream = "ACME"
+filter = "acme.in.>"
+output = "{{tenant}}.out.{{subject[2..]}}"
+dead_letter = "acme.dlq"
+output_stream = "ACME_OUT"
+dead_letter_stream = "ACME_DLQ"
+pipeline = [{{ plugin = "verdict" }}]
+"#
+    )
+}
+
+/// The host's durable consumer (`sluice`) on `stream`.
+pub async fn consumer(
+    js: &jetstream::Context,
+    stream: &str,
+) -> async_nats::jetstream::consumer::PullConsumer {
+    js.get_stream(stream)
+        .await
+        .unwrap()
+        .get_consumer("sluice")
+        .await
+        .unwrap()
+}
