@@ -255,6 +255,22 @@ fn classify(store: &Store<HostState>, e: &wasmtime::Error) -> GuestFailure {
     GuestFailure { kind, message }
 }
 
+/// An [`Origin`] in the form the guest call takes.
+pub struct GuestOrigin(bindings::sluice::pipeline::types::Origin);
+
+impl From<&Origin> for GuestOrigin {
+    fn from(o: &Origin) -> Self {
+        GuestOrigin(o.into())
+    }
+}
+
+impl GuestOrigin {
+    /// The tenant it names.
+    pub fn tenant(&self) -> &str {
+        &self.0.tenant
+    }
+}
+
 /// A live instance serving one tenant with one plugin version.
 pub struct GuestInstance {
     store: Store<HostState>,
@@ -293,11 +309,20 @@ impl GuestInstance {
     /// Call `handle` under the plugin's deadline. After an `Err` the
     /// instance's state is undefined: drop it.
     pub fn handle(&mut self, origin: &Origin, msg: Message) -> Result<Verdict, GuestFailure> {
+        self.handle_with(&GuestOrigin::from(origin), msg)
+    }
+
+    /// [`handle`](Self::handle) with an origin already converted, so a
+    /// pipeline converts it once per message rather than once per stage.
+    pub fn handle_with(
+        &mut self,
+        origin: &GuestOrigin,
+        msg: Message,
+    ) -> Result<Verdict, GuestFailure> {
         self.store
             .set_epoch_deadline(deadline_ticks(self.plugin.limits.deadline));
-        let origin = origin.into();
         let msg = msg.into();
-        match self.handler.call_handle(&mut self.store, &origin, &msg) {
+        match self.handler.call_handle(&mut self.store, &origin.0, &msg) {
             Ok(v) => Ok(v.into()),
             Err(e) => Err(classify(&self.store, &e)),
         }

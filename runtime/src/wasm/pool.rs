@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use super::{FailureKind, GuestFailure, GuestInstance, WasmError};
+use super::{FailureKind, GuestFailure, GuestInstance, GuestOrigin, WasmError};
 use crate::message::{Message, Origin, Verdict};
 use crate::pipeline::{Outcome, Pipeline, Stage};
 
@@ -36,8 +36,10 @@ pub struct StageRunner {
 impl StageRunner {
     /// Run `msg` through `pipeline` on this thread.
     pub fn run(&mut self, pipeline: &Pipeline, origin: &Origin, msg: &Message) -> Outcome {
-        let outcome = pipeline.chain.run(origin, msg, |i, origin, m| {
-            self.call(&pipeline.stages[i], origin, m)
+        // Converted once: every stage sees the same origin.
+        let guest_origin = GuestOrigin::from(origin);
+        let outcome = pipeline.chain.run(origin, msg, |i, _, m| {
+            self.call_with(&pipeline.stages[i], &guest_origin, m)
         });
         self.calls = self.calls.wrapping_add(1);
         if self.calls.is_multiple_of(SWEEP_EVERY) {
@@ -53,12 +55,21 @@ impl StageRunner {
         origin: &Origin,
         msg: Message,
     ) -> Result<Verdict, GuestFailure> {
+        self.call_with(stage, &GuestOrigin::from(origin), msg)
+    }
+
+    fn call_with(
+        &mut self,
+        stage: &Arc<Stage>,
+        origin: &GuestOrigin,
+        msg: Message,
+    ) -> Result<Verdict, GuestFailure> {
         let instance = match self.instances.get_mut(&stage.id) {
             Some((_, i)) => i,
             None => {
                 let fresh = stage
                     .plugin
-                    .instantiate(&origin.tenant, &stage.config)
+                    .instantiate(origin.tenant(), &stage.config)
                     .map_err(|e| match e {
                         WasmError::InitFailed { failure, .. } => failure,
                         other => GuestFailure {
@@ -73,7 +84,7 @@ impl StageRunner {
                     .1
             }
         };
-        let result = instance.handle(origin, msg);
+        let result = instance.handle_with(origin, msg);
         // A trapped instance may be in any state: never call it again. One
         // near its memory limit is replaced before it fails a message.
         if result.is_err() || instance.worn_out() {
