@@ -69,10 +69,12 @@
 
 #[cfg(feature = "cases")]
 pub mod cases;
+mod compact;
 mod config;
 pub mod json;
 pub mod log;
 mod message;
+mod paths;
 
 /// The generated bindings for the `handler` world. Plugins normally use the
 /// re-exports at the crate root instead.
@@ -94,8 +96,10 @@ pub mod bindings {
 }
 
 pub use bindings::{Message, Origin, Verdict};
+pub use compact::Scalar;
 pub use config::Config;
 pub use json::{check_path, get_path, remove_path, set_path};
+pub use paths::{JsonLiteral, JsonPaths, JsonView};
 pub use serde_json::{self, Value};
 
 /// The reason `handle` dead-letters with when `init` has not succeeded on

@@ -6,7 +6,7 @@
 //! the reason `no route matched subject <subject>`: dropping it silently
 //! would lose data, and retrying cannot change the outcome.
 
-use sluice_guest::{Config, Handler, Message, Origin, Value, Verdict, serde_json};
+use sluice_guest::{Config, Handler, Message, Origin, Verdict};
 
 pub mod rules;
 pub mod subject;
@@ -27,21 +27,23 @@ impl Handler for Route {
     fn handle(&self, origin: &Origin, msg: Message) -> Verdict {
         // A payload that is not JSON only fails the field conditions;
         // subject rules still apply to it.
-        let payload = if self.routes.needs_payload() {
-            serde_json::from_slice::<Value>(&msg.payload).ok()
-        } else {
-            None
-        };
-        match self
-            .routes
-            .targets(&msg.subject, payload.as_ref(), &origin.tenant)
-        {
-            Some(targets) => Verdict::Publish(
-                targets
+        let view = self.routes.needs_payload().then(|| msg.json_view());
+        let payload = view.as_ref().filter(|view| view.is_json());
+        let targets = self.routes.targets(&msg.subject, payload, &origin.tenant);
+        drop(view);
+        match targets {
+            Some(mut targets) => {
+                // The last target takes the message itself: one copy fewer.
+                let last = targets.pop();
+                let mut outputs: Vec<Message> = targets
                     .into_iter()
                     .map(|target| msg.clone().with_subject(target))
-                    .collect(),
-            ),
+                    .collect();
+                if let Some(last) = last {
+                    outputs.push(msg.with_subject(last));
+                }
+                Verdict::Publish(outputs)
+            }
             None => Verdict::DeadLetter(format!("no route matched subject {}", msg.subject)),
         }
     }

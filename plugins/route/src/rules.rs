@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use sluice_guest::{Config, Value, check_path, get_path};
+use sluice_guest::{Config, JsonView, Scalar, check_path};
 
 use crate::subject::{Pattern, check_template, fill};
 
@@ -133,7 +133,7 @@ impl Routes {
     pub fn targets(
         &self,
         subject: &str,
-        payload: Option<&Value>,
+        payload: Option<&JsonView<'_>>,
         tenant: &str,
     ) -> Option<Vec<String>> {
         let mut targets: Vec<String> = Vec::new();
@@ -222,15 +222,15 @@ impl Rule {
         })
     }
 
-    fn matches(&self, subject: &str, payload: Option<&Value>) -> bool {
+    fn matches(&self, subject: &str, payload: Option<&JsonView<'_>>) -> bool {
         let subject_ok = self
             .subject
             .as_ref()
             .is_none_or(|pattern| pattern.matches(subject));
         let field_ok = self.field.as_ref().is_none_or(|(path, equals)| {
             payload
-                .and_then(|payload| get_path(payload, path))
-                .is_some_and(|value| value_equals(value, equals))
+                .and_then(|payload| payload.scalar(path))
+                .is_some_and(|value| value_equals(&value, equals))
         });
         subject_ok && field_ok
     }
@@ -238,12 +238,12 @@ impl Rule {
 
 /// A string compares as itself, a number or boolean as its JSON text;
 /// null, arrays and objects never match.
-fn value_equals(value: &Value, text: &str) -> bool {
+fn value_equals(value: &Scalar<'_>, text: &str) -> bool {
     match value {
-        Value::String(s) => s == text,
-        Value::Number(n) => n.to_string() == text,
-        Value::Bool(b) => b.to_string() == text,
-        Value::Null | Value::Array(_) | Value::Object(_) => false,
+        Scalar::String(s) => s == text,
+        Scalar::Number(n) => n == text,
+        Scalar::Bool(b) => (if *b { "true" } else { "false" }) == text,
+        Scalar::Null | Scalar::Composite => false,
     }
 }
 
@@ -272,7 +272,8 @@ fn unknown(key: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use sluice_guest::serde_json::json;
+    use sluice_guest::serde_json::{self, json};
+    use sluice_guest::{Message, Value};
 
     use super::*;
 
@@ -286,7 +287,9 @@ mod tests {
     }
 
     fn targets(r: &Routes, subject: &str, payload: Option<Value>) -> Option<Vec<String>> {
-        r.targets(subject, payload.as_ref(), "acme")
+        let msg = payload.map(|v| Message::new(subject, serde_json::to_vec(&v).unwrap()));
+        let view = msg.as_ref().map(Message::json_view);
+        r.targets(subject, view.as_ref(), "acme")
     }
 
     #[test]

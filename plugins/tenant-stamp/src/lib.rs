@@ -16,7 +16,7 @@
 //! A payload that is not a JSON object is dead-lettered. The result is
 //! `next` with the subject unchanged.
 
-use sluice_guest::{Config, Handler, Message, Origin, Value, Verdict, check_path, set_path};
+use sluice_guest::{Config, Handler, Message, Origin, Verdict, check_path};
 
 const DEFAULT_FIELD: &str = "tenant_id";
 const DEFAULT_HEADER: &str = "Sluice-Tenant";
@@ -44,8 +44,7 @@ impl Handler for TenantStamp {
     }
 
     fn handle(&self, origin: &Origin, mut msg: Message) -> Verdict {
-        let tenant = Value::from(origin.tenant.as_str());
-        match msg.edit_json_object(|payload| set_path(payload, &self.field, tenant)) {
+        match msg.edit_json_paths(|payload| payload.set_str(&self.field, &origin.tenant)) {
             Ok(()) => {
                 msg.set_header(self.header.as_str(), origin.tenant.as_str());
                 Verdict::Next(msg)
@@ -65,6 +64,7 @@ sluice_guest::export_handler!(TenantStamp);
 
 #[cfg(test)]
 mod tests {
+    use sluice_guest::Value;
     use sluice_guest::serde_json::{self, json};
 
     use super::*;

@@ -17,14 +17,14 @@
 
 use sluice_guest::serde_json;
 use sluice_guest::{
-    Config, Handler, Message, Origin, Value, Verdict, check_path, remove_path, set_path,
+    Config, Handler, JsonLiteral, JsonPaths, Message, Origin, Value, Verdict, check_path,
 };
 
 /// The edits of one stage, parsed and checked once in `init`.
 struct Transform {
     renames: Vec<(String, String)>,
     removals: Vec<String>,
-    sets: Vec<(String, Value)>,
+    sets: Vec<(String, JsonLiteral)>,
 }
 
 impl Handler for Transform {
@@ -49,7 +49,7 @@ impl Handler for Transform {
             .with_prefix("set.")
             .map(|(path, raw)| {
                 checked(&format!("set.{path}"), path)?;
-                Ok((path.to_owned(), literal(raw)))
+                Ok((path.to_owned(), JsonLiteral::new(literal(raw))))
             })
             .collect::<Result<_, String>>()?;
         Ok(Self {
@@ -60,7 +60,7 @@ impl Handler for Transform {
     }
 
     fn handle(&self, _origin: &Origin, mut msg: Message) -> Verdict {
-        match msg.edit_json_object(|payload| self.apply(payload)) {
+        match msg.edit_json_paths(|payload| self.apply(payload)) {
             Ok(()) => Verdict::Next(msg),
             Err(reason) => Verdict::DeadLetter(reason),
         }
@@ -68,17 +68,15 @@ impl Handler for Transform {
 }
 
 impl Transform {
-    fn apply(&self, payload: &mut Value) -> Result<(), String> {
+    fn apply(&self, payload: &mut JsonPaths<'_, '_>) -> Result<(), String> {
         for (from, to) in &self.renames {
-            if let Some(value) = remove_path(payload, from) {
-                set_path(payload, to, value)?;
-            }
+            payload.rename(from, to)?;
         }
         for path in &self.removals {
-            remove_path(payload, path);
+            payload.remove(path)?;
         }
         for (path, value) in &self.sets {
-            set_path(payload, path, value.clone())?;
+            payload.set(path, value)?;
         }
         Ok(())
     }

@@ -347,6 +347,11 @@ impl Runtime {
         config.epoch_interruption(true);
         // Guests compile once and run millions of calls: optimise for speed.
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        // `SLUICE_PERF_MAP=1` names compiled guest functions in
+        // /tmp/perf-PID.map, so `perf report` shows guest frames by name.
+        if std::env::var_os("SLUICE_PERF_MAP").is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(WasmError::Engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(WasmError::Engine)?;
