@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,7 +24,7 @@ use crate::message::{Message, Origin};
 use crate::pipeline::Pipeline;
 use crate::sink::{self, Sink};
 use crate::telemetry::TenantStats;
-use crate::wasm::pool::WorkerPool;
+use crate::wasm::pool::{Ran, WorkerPool};
 
 /// How long one pull request waits server-side for messages. Long enough
 /// that an idle tenant costs one request every few seconds; short enough
@@ -36,6 +36,11 @@ const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 /// Largest single pull. JetStream serves big batches fine; the cap keeps one
 /// request's messages from arriving as one huge burst.
 const MAX_PULL: usize = 1024;
+/// Most messages one worker-pool job carries. Messages that arrive together
+/// share a job (one hand-off to a worker thread and one reply instead of one
+/// per message); the cap bounds how long the first waits for the last:
+/// about 0.2 ms at the reference pipeline's cost.
+const MAX_JOB: usize = 32;
 /// Pauses after errors grow from the first to the second, doubling: quick
 /// recovery from a blip, no busy loop while NATS is down.
 const ERROR_PAUSE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
@@ -111,8 +116,9 @@ impl Tenant {
         .unwrap_or(usize::MAX)
     }
 
-    /// Pull and process until `shutdown`; each message is processed on a
-    /// task tracked by `tasks`, so the caller can wait for them.
+    /// Pull and process until `shutdown`. Messages that arrive together are
+    /// processed together: one task tracked by `tasks` (so the caller can
+    /// wait for them) and one worker-pool job per [`MAX_JOB`] messages.
     pub async fn pull_loop(
         self: Arc<Self>,
         consumer: PullConsumer,
@@ -152,41 +158,71 @@ impl Tenant {
                 }
             };
             loop {
-                let next = tokio::select! {
+                let mut next = tokio::select! {
                     n = batch.next() => n,
                     () = shutdown.cancelled() => break 'pull,
                 };
-                match next {
-                    Some(Ok(msg)) => {
-                        pause = ERROR_PAUSE.0;
-                        let Some(permit) = permits.pop() else {
-                            // The server never sends more than asked for;
-                            // should it, the message is left to redelivery.
-                            tracing::warn!(
-                                tenant,
-                                "received more messages than requested; leaving the extra for redelivery"
-                            );
-                            continue;
-                        };
-                        // The pipeline is taken at admission: a message
-                        // admitted before a plugin swap finishes on the old
-                        // version, one admitted after it uses the new one.
-                        let pipeline = self.pipeline.load_full();
-                        let this = self.clone();
-                        tasks.spawn(async move { this.process(msg, pipeline, permit).await });
+                // Admit this message and every one already waiting behind
+                // it, then see why the run stopped.
+                let mut admitted = Vec::new();
+                let end = loop {
+                    match next {
+                        Some(Ok(msg)) => {
+                            pause = ERROR_PAUSE.0;
+                            match permits.pop() {
+                                Some(permit) => admitted.push((msg, permit)),
+                                // The server never sends more than asked
+                                // for; should it, the message is left to
+                                // redelivery.
+                                None => tracing::warn!(
+                                    tenant,
+                                    "received more messages than requested; leaving the extra for redelivery"
+                                ),
+                            }
+                            if admitted.len() == MAX_JOB {
+                                self.spawn_batch(&tasks, std::mem::take(&mut admitted));
+                            }
+                            match batch.next().now_or_never() {
+                                Some(n) => next = n,
+                                None => break Ok(true),
+                            }
+                        }
+                        Some(Err(e)) => break Err(e),
+                        None => break Ok(false),
                     }
-                    Some(Err(e)) => {
+                };
+                if !admitted.is_empty() {
+                    self.spawn_batch(&tasks, admitted);
+                }
+                match end {
+                    // Nothing more has arrived yet: wait for it.
+                    Ok(true) => {}
+                    // The pull is complete (or expired): ask again.
+                    Ok(false) => break,
+                    Err(e) => {
                         tracing::warn!(tenant, error = %e, "pull interrupted; retrying");
                         drop(permits);
                         self.pause_after_error(&consumer, &shutdown, &mut pause)
                             .await?;
                         continue 'pull;
                     }
-                    None => break,
                 }
             }
         }
         Ok(())
+    }
+
+    /// Process `admitted` on a tracked task. The pipeline is taken here, at
+    /// admission: a message admitted before a plugin swap finishes on the
+    /// old version, one admitted after it uses the new one.
+    fn spawn_batch(
+        self: &Arc<Self>,
+        tasks: &TaskTracker,
+        admitted: Vec<(jetstream::Message, OwnedSemaphorePermit)>,
+    ) {
+        let pipeline = self.pipeline.load_full();
+        let this = self.clone();
+        tasks.spawn(async move { this.process(admitted, pipeline).await });
     }
 
     /// Sleep after an error; a deleted consumer ends the loop.
@@ -217,60 +253,53 @@ impl Tenant {
         Ok(())
     }
 
-    /// One message from pull to settle. The permit is released when this
-    /// returns.
+    /// Messages admitted together, from pull to settle: their pipelines run
+    /// as one worker-pool job, then each settles on its own (its outputs
+    /// published and confirmed, then its ack), all at once. Each message's
+    /// permit is released when it has settled.
     async fn process(
         self: Arc<Self>,
-        msg: jetstream::Message,
+        admitted: Vec<(jetstream::Message, OwnedSemaphorePermit)>,
         pipeline: Arc<Pipeline>,
-        _permit: OwnedSemaphorePermit,
     ) {
-        self.stats.mark_received();
-        let _counted = InFlight::enter(&self.stats);
         let tenant = &*self.id;
-        let origin = match msg.info() {
-            Ok(info) => Origin {
-                tenant: tenant.to_owned(),
-                stream: info.stream.to_owned(),
-                stream_seq: info.stream_sequence,
-                delivered: u32::try_from(info.delivered).unwrap_or(u32::MAX),
-                published_ms: u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000)
-                    .unwrap_or(0),
-            },
-            Err(e) => {
-                // Not a JetStream delivery (no ack subject): nothing to settle.
-                tracing::warn!(tenant, subject = %msg.subject, error = %e, "message without JetStream metadata; skipped");
-                return;
-            }
-        };
-        let source = Arc::new(Message {
-            subject: msg.subject.to_string(),
-            headers: sink::header_list(msg.headers.as_ref()),
-            payload: msg.payload.to_vec(),
-        });
-        // One span per message, at debug: a debug log anywhere below it
-        // carries the tenant, stream and sequence.
-        let span = tracing::debug_span!(
-            "message",
-            tenant,
-            stream = %origin.stream,
-            seq = origin.stream_seq,
-            delivered = origin.delivered,
-        );
-        self.clone()
-            .run_and_settle(msg, pipeline, origin, source)
-            .instrument(span)
-            .await;
-    }
-
-    async fn run_and_settle(
-        self: Arc<Self>,
-        msg: jetstream::Message,
-        pipeline: Arc<Pipeline>,
-        origin: Origin,
-        source: Arc<Message>,
-    ) {
-        let work = self.pool.run(pipeline, origin.clone(), source.clone());
+        let mut held = Vec::with_capacity(admitted.len());
+        let mut items = Vec::with_capacity(admitted.len());
+        for (msg, permit) in admitted {
+            self.stats.mark_received();
+            let origin = match msg.info() {
+                Ok(info) => Origin {
+                    tenant: tenant.to_owned(),
+                    stream: info.stream.to_owned(),
+                    stream_seq: info.stream_sequence,
+                    delivered: u32::try_from(info.delivered).unwrap_or(u32::MAX),
+                    published_ms: u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000)
+                        .unwrap_or(0),
+                },
+                Err(e) => {
+                    // Not a JetStream delivery (no ack subject): nothing to
+                    // settle.
+                    tracing::warn!(tenant, subject = %msg.subject, error = %e, "message without JetStream metadata; skipped");
+                    continue;
+                }
+            };
+            let source = Arc::new(Message {
+                subject: msg.subject.to_string(),
+                headers: sink::header_list(msg.headers.as_ref()),
+                payload: msg.payload.to_vec(),
+            });
+            items.push((origin, source));
+            held.push(Held {
+                msg,
+                _permit: permit,
+                _counted: InFlight::enter(&self.stats),
+            });
+        }
+        if items.is_empty() {
+            return;
+        }
+        let items: Arc<[(Origin, Arc<Message>)]> = Arc::from(items);
+        let work = self.pool.run_batch(pipeline, items.clone());
         tokio::pin!(work);
         let started = Instant::now();
         let half = self.limits.ack_wait / 2;
@@ -282,44 +311,71 @@ impl Tenant {
                     if started.elapsed() < give_up {
                         // Tell JetStream we are still at it, so it does not
                         // redeliver to another host meanwhile.
-                        let _ = msg.ack_with(AckKind::Progress).await;
+                        for h in &held {
+                            let _ = h.msg.ack_with(AckKind::Progress).await;
+                        }
                     }
                 }
             }
         };
-        self.stats
-            .handler_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let outcome = match result {
-            Ok(o) => {
-                if let crate::pipeline::Outcome::Retry {
-                    failure: Some(f),
-                    plugin,
-                    ..
-                } = &o
-                {
-                    self.stats.count_failure(plugin, f.kind.as_str());
-                }
-                let o =
-                    sink::give_up_on_last_delivery(o, origin.delivered, self.limits.max_deliver);
-                self.stats.count_outcome(o.plugin(), o.kind());
-                o
+        let Ok(ran) = result else {
+            // The pool is shutting down: hand the messages back now rather
+            // than after ack_wait.
+            for h in &held {
+                let _ = h.msg.ack_with(AckKind::Nak(None)).await;
             }
-            Err(_) => {
-                // The pool is shutting down: hand the message back now
-                // rather than after ack_wait.
-                let _ = msg.ack_with(AckKind::Nak(None)).await;
-                return;
-            }
+            return;
         };
+        let settles =
+            held.into_iter()
+                .zip(items.iter())
+                .zip(ran)
+                .map(|((held, (origin, source)), ran)| {
+                    // One span per message, at debug: a debug log anywhere
+                    // below it carries the tenant, stream and sequence.
+                    let span = tracing::debug_span!(
+                        "message",
+                        tenant,
+                        stream = %origin.stream,
+                        seq = origin.stream_seq,
+                        delivered = origin.delivered,
+                    );
+                    self.settle(held, origin, source, ran).instrument(span)
+                });
+        futures::future::join_all(settles).await;
+    }
+
+    /// Count one message's outcome and settle it.
+    async fn settle(&self, held: Held<'_>, origin: &Origin, source: &Message, ran: Ran) {
+        self.stats.handler_seconds.observe(ran.took.as_secs_f64());
+        let outcome = ran.outcome;
+        if let crate::pipeline::Outcome::Retry {
+            failure: Some(f),
+            plugin,
+            ..
+        } = &outcome
+        {
+            self.stats.count_failure(plugin, f.kind.as_str());
+        }
+        let outcome =
+            sink::give_up_on_last_delivery(outcome, origin.delivered, self.limits.max_deliver);
+        self.stats.count_outcome(outcome.plugin(), outcome.kind());
         tracing::debug!(
             plugin = outcome.plugin(),
             outcome = outcome.kind(),
             "settling"
         );
-        self.sink.settle(&msg, &origin, &source, outcome).await;
+        self.sink.settle(&held.msg, origin, source, outcome).await;
         self.stats.mark_settled();
     }
+}
+
+/// A message being processed, with what it holds until it has settled.
+struct Held<'a> {
+    msg: jetstream::Message,
+    /// Its in-flight permit: released on drop.
+    _permit: OwnedSemaphorePermit,
+    _counted: InFlight<'a>,
 }
 
 /// Counts a message in flight for as long as it lives.

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
@@ -110,20 +111,34 @@ impl StageRunner {
     }
 }
 
+/// One unit of work for a worker: messages admitted together, run one after
+/// another on the same thread. Batching is what keeps the hand-off cheap:
+/// one channel send, one worker wake-up and one reply per batch instead of
+/// per message.
 struct Job {
     pipeline: Arc<Pipeline>,
-    origin: Origin,
-    message: Arc<Message>,
-    reply: oneshot::Sender<Outcome>,
-    _permit: Option<OwnedSemaphorePermit>,
+    items: Arc<[(Origin, Arc<Message>)]>,
+    reply: oneshot::Sender<Vec<Ran>>,
+    /// A queue slot, held while the job is queued or running.
+    _permit: OwnedSemaphorePermit,
 }
 
-/// The pool was shut down before the job ran.
+/// One message's outcome and how long its pipeline ran on the worker (not
+/// counting time in the queue).
+#[derive(Debug)]
+pub struct Ran {
+    /// What the pipeline decided.
+    pub outcome: Outcome,
+    /// Time spent running it.
+    pub took: Duration,
+}
+
+/// The pool stopped before the job ran.
 #[derive(Debug, thiserror::Error)]
 #[error("the worker pool has shut down")]
 pub struct PoolClosed;
 
-/// Fixed worker threads running pipelines.
+/// A fixed set of worker threads running pipelines.
 pub struct WorkerPool {
     tx: Option<Sender<Job>>,
     permits: Arc<Semaphore>,
@@ -142,10 +157,21 @@ impl WorkerPool {
                     .spawn(move || {
                         let mut runner = StageRunner::default();
                         for job in rx {
-                            let outcome = runner.run(&job.pipeline, &job.origin, &job.message);
+                            let ran = job
+                                .items
+                                .iter()
+                                .map(|(origin, message)| {
+                                    let started = Instant::now();
+                                    let outcome = runner.run(&job.pipeline, origin, message);
+                                    Ran {
+                                        outcome,
+                                        took: started.elapsed(),
+                                    }
+                                })
+                                .collect();
                             // The caller may have given up (shutdown); its
-                            // message will be redelivered.
-                            let _ = job.reply.send(outcome);
+                            // messages will be redelivered.
+                            let _ = job.reply.send(ran);
                         }
                     })
             })
@@ -157,13 +183,28 @@ impl WorkerPool {
         })
     }
 
-    /// Run a message through `pipeline` on a worker and await the outcome.
+    /// Run `pipeline` on one message; waits (asynchronously) for room in
+    /// the queue.
     pub async fn run(
         &self,
         pipeline: Arc<Pipeline>,
         origin: Origin,
         message: Arc<Message>,
     ) -> Result<Outcome, PoolClosed> {
+        let mut ran = self
+            .run_batch(pipeline, Arc::from([(origin, message)]))
+            .await?;
+        ran.pop().map(|r| r.outcome).ok_or(PoolClosed)
+    }
+
+    /// Run `pipeline` on each message, in order, on one worker; the results
+    /// come back in the same order. Waits (asynchronously) for room in the
+    /// queue.
+    pub async fn run_batch(
+        &self,
+        pipeline: Arc<Pipeline>,
+        items: Arc<[(Origin, Arc<Message>)]>,
+    ) -> Result<Vec<Ran>, PoolClosed> {
         let permit = self
             .permits
             .clone()
@@ -174,10 +215,9 @@ impl WorkerPool {
         let tx = self.tx.as_ref().ok_or(PoolClosed)?;
         let job = Job {
             pipeline,
-            origin,
-            message,
+            items,
             reply,
-            _permit: Some(permit),
+            _permit: permit,
         };
         match tx.try_send(job) {
             Ok(()) => {}
@@ -195,26 +235,6 @@ impl WorkerPool {
             }
         }
         rx.await.map_err(|_| PoolClosed)
-    }
-
-    /// Blocking variant for threads outside tokio (benches, the CLI).
-    pub fn run_blocking(
-        &self,
-        pipeline: Arc<Pipeline>,
-        origin: Origin,
-        message: Arc<Message>,
-    ) -> Result<Outcome, PoolClosed> {
-        let (reply, rx) = oneshot::channel();
-        let tx = self.tx.as_ref().ok_or(PoolClosed)?;
-        tx.send(Job {
-            pipeline,
-            origin,
-            message,
-            reply,
-            _permit: None,
-        })
-        .map_err(|_| PoolClosed)?;
-        rx.blocking_recv().map_err(|_| PoolClosed)
     }
 }
 
