@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -319,7 +320,10 @@ async fn preload(
 }
 
 /// Publish at `rate` messages/s for `duration`, spread over `inputs`;
-/// returns how many were published.
+/// returns how many were published. PubAcks are awaited on a task of their
+/// own, so waiting for them never holds the publisher back: a publisher that
+/// paused and then caught up would send bursts, and the latency measured
+/// would be the bursts', not the system's.
 async fn publish_at(
     js: &jetstream::Context,
     inputs: &[Input],
@@ -327,28 +331,35 @@ async fn publish_at(
     duration: Duration,
     payload: &[u8],
 ) -> anyhow::Result<u64> {
+    // The context allows 5,000 unconfirmed publishes; the channel's bound
+    // keeps the confirmations comfortably inside it.
+    let (pending, mut confirm) = tokio::sync::mpsc::channel::<PublishAckFuture>(2048);
+    let confirmer = tokio::spawn(async move {
+        while let Some(ack) = confirm.recv().await {
+            ack.await?;
+        }
+        anyhow::Ok(())
+    });
     let payload = bytes::Bytes::copy_from_slice(payload);
     let started = Instant::now();
     let mut sent: u64 = 0;
-    let mut pending = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     while started.elapsed() < duration {
         tick.tick().await;
         let due = (started.elapsed().as_secs_f64() * rate) as u64;
         while sent < due {
             let input = &inputs[(sent as usize) % inputs.len()];
-            pending.push(js.publish(input.subject.clone(), payload.clone()).await?);
+            let ack = js.publish(input.subject.clone(), payload.clone()).await?;
+            if pending.send(ack).await.is_err() {
+                // The confirmer stopped; its error says why.
+                confirmer.await??;
+                bail!("PubAck confirmations stopped");
+            }
             sent += 1;
         }
-        if pending.len() >= 256 {
-            for p in pending.drain(..) {
-                p.await?;
-            }
-        }
     }
-    for p in pending.drain(..) {
-        p.await?;
-    }
+    drop(pending);
+    confirmer.await??;
     Ok(sent)
 }
 
