@@ -304,7 +304,7 @@ impl Collector for HostCollector {
         {
             let mut metric = encoder.encode_descriptor(
                 "sluice_handler_duration_seconds",
-                "Time from admission to the pipeline's outcome, worker queue included.",
+                "Time the pipeline ran on a worker, per message (queueing not included).",
                 None,
                 MetricType::Histogram,
             )?;

@@ -68,7 +68,7 @@ pub struct TenantStats {
     >,
     /// Guest failures by (plugin name, cause).
     pub failure_causes: std::sync::Mutex<std::collections::HashMap<(String, &'static str), u64>>,
-    /// Time from admission to the pipeline's outcome (queue wait included).
+    /// Time each message's pipeline ran on a worker (queueing not included).
     pub handler_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Messages pending in the consumer, sampled from consumer info.
     pub lag: AtomicU64,
