@@ -167,7 +167,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.tenants
     );
     preload(&js, &base.inputs, args.messages, &payload).await?;
-    let mut baseline = run_baseline(&js, &base, &args, &payload).await?;
+    let mut baseline = run_baseline(&js, &url, &base, &args, &payload).await?;
 
     let (config, inputs, stages) = sluice_config(&args, &url, &run_id)?;
     eprintln!(
@@ -175,7 +175,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         stages,
         inputs.len()
     );
-    let mut sluice = run_sluice(&js, config, &inputs, &args, &payload).await?;
+    let mut sluice = run_sluice(&js, &url, config, &inputs, &args, &payload).await?;
     let peak_rss_mib = peak_rss_mib();
 
     baseline.timeline.shrink_to_fit();
@@ -236,6 +236,7 @@ pub fn sample_payload(size: usize) -> Vec<u8> {
 }
 
 /// Where one tenant's inputs go, and the streams to clean up.
+#[derive(Clone)]
 struct Input {
     subject: String,
     streams: Vec<String>,
@@ -319,6 +320,31 @@ async fn preload(
     Ok(())
 }
 
+/// [`publish_at`] on a thread, a runtime and a connection of its own, so the
+/// load generator does not compete with the system under test for its
+/// runtime's threads or its connection's socket.
+async fn publish_apart(
+    url: &str,
+    inputs: &[Input],
+    rate: f64,
+    duration: Duration,
+    payload: &[u8],
+) -> anyhow::Result<u64> {
+    let (url, inputs, payload) = (url.to_owned(), inputs.to_vec(), payload.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let client = async_nats::connect(&url)
+                .await
+                .with_context(|| format!("cannot connect the load generator to {url}"))?;
+            publish_at(&jetstream::new(client), &inputs, rate, duration, &payload).await
+        })
+    })
+    .await?
+}
+
 /// Publish at `rate` messages/s for `duration`, spread over `inputs`;
 /// returns how many were published. PubAcks are awaited on a task of their
 /// own, so waiting for them never holds the publisher back: a publisher that
@@ -371,6 +397,7 @@ struct BaseStats {
 
 async fn run_baseline(
     js: &jetstream::Context,
+    url: &str,
     setup: &BaselineSetup,
     args: &BenchArgs,
     payload: &[u8],
@@ -405,7 +432,7 @@ async fn run_baseline(
     reset_latency(&shared.stats);
     let rate = (result.msgs_per_sec / 2.0).max(1.0);
     let before = done(&shared);
-    let sent = publish_at(js, &setup.inputs, rate, args.latency_phase, payload).await?;
+    let sent = publish_apart(url, &setup.inputs, rate, args.latency_phase, payload).await?;
     wait_done(before + sent, "", || done(&shared)).await?;
     fill_latency(&mut result, &shared.stats, rate);
     stop.cancel();
@@ -566,6 +593,7 @@ pipeline = [
 
 async fn run_sluice(
     js: &jetstream::Context,
+    url: &str,
     config: Config,
     inputs: &[Input],
     args: &BenchArgs,
@@ -605,7 +633,7 @@ async fn run_sluice(
     }
     let rate = (result.msgs_per_sec / 2.0).max(1.0);
     let before = settled(&service);
-    let sent = publish_at(js, inputs, rate, args.latency_phase, payload).await?;
+    let sent = publish_apart(url, inputs, rate, args.latency_phase, payload).await?;
     wait_done(before + sent, "", || settled(&service)).await?;
     let merged = TenantStats::default();
     if let Ok(mut into) = merged.latency.lock() {
