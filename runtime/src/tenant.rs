@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use async_nats::jetstream::consumer::{PullConsumer, pull::Batch};
+use async_nats::jetstream::{self, AckKind};
 use futures::{FutureExt as _, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -127,7 +128,7 @@ impl Tenant {
     ) -> Result<(), ConsumerDeleted> {
         let tenant = &*self.id;
         let mut pause = ERROR_PAUSE.0;
-        'pull: while !shutdown.is_cancelled() {
+        while !shutdown.is_cancelled() {
             // Wait for one free permit, then take every other free one, up
             // to one pull's worth.
             let first = tokio::select! {
@@ -141,75 +142,83 @@ impl Tenant {
                     Err(_) => break,
                 }
             }
-            let request = consumer
+            let pulled = match consumer
                 .batch()
                 .max_messages(permits.len())
                 .expires(PULL_EXPIRES)
                 .heartbeat(PULL_HEARTBEAT)
-                .messages();
-            let mut batch = match request.await {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(tenant, error = %e, "pull request failed; retrying");
-                    drop(permits);
-                    self.pause_after_error(&consumer, &shutdown, &mut pause)
-                        .await?;
-                    continue;
+                .messages()
+                .await
+            {
+                Ok(batch) => {
+                    self.consume(batch, permits, &tasks, &shutdown, &mut pause)
+                        .await
                 }
+                Err(e) => Err(e.into()),
             };
-            loop {
-                let mut next = tokio::select! {
-                    n = batch.next() => n,
-                    () = shutdown.cancelled() => break 'pull,
-                };
-                // Admit this message and every one already waiting behind
-                // it, then see why the run stopped.
-                let mut admitted = Vec::new();
-                let end = loop {
-                    match next {
-                        Some(Ok(msg)) => {
-                            pause = ERROR_PAUSE.0;
-                            match permits.pop() {
-                                Some(permit) => admitted.push((msg, permit)),
-                                // The server never sends more than asked
-                                // for; should it, the message is left to
-                                // redelivery.
-                                None => tracing::warn!(
-                                    tenant,
-                                    "received more messages than requested; leaving the extra for redelivery"
-                                ),
-                            }
-                            if admitted.len() == MAX_JOB {
-                                self.spawn_batch(&tasks, std::mem::take(&mut admitted));
-                            }
-                            match batch.next().now_or_never() {
-                                Some(n) => next = n,
-                                None => break Ok(true),
-                            }
-                        }
-                        Some(Err(e)) => break Err(e),
-                        None => break Ok(false),
-                    }
-                };
-                if !admitted.is_empty() {
-                    self.spawn_batch(&tasks, admitted);
-                }
-                match end {
-                    // Nothing more has arrived yet: wait for it.
-                    Ok(true) => {}
-                    // The pull is complete (or expired): ask again.
-                    Ok(false) => break,
-                    Err(e) => {
-                        tracing::warn!(tenant, error = %e, "pull interrupted; retrying");
-                        drop(permits);
-                        self.pause_after_error(&consumer, &shutdown, &mut pause)
-                            .await?;
-                        continue 'pull;
-                    }
-                }
+            if let Err(e) = pulled {
+                tracing::warn!(tenant, error = %e, "pull failed; retrying");
+                self.pause_after_error(&consumer, &shutdown, &mut pause)
+                    .await?;
             }
         }
         Ok(())
+    }
+
+    /// Admit one pull's messages as they arrive, each with one of `permits`,
+    /// until the pull is complete or `shutdown`. Messages already waiting
+    /// behind the one that woke the loop are admitted with it and share a
+    /// job, up to [`MAX_JOB`]. Permits left when the pull ends are released.
+    async fn consume(
+        self: &Arc<Self>,
+        mut batch: Batch,
+        mut permits: Vec<OwnedSemaphorePermit>,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+        pause: &mut Duration,
+    ) -> Result<(), async_nats::Error> {
+        let tenant = &*self.id;
+        let mut admitted = Vec::new();
+        loop {
+            let next = match batch.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    // Nothing more has arrived: hand over what was
+                    // admitted, then wait.
+                    self.spawn_batch(tasks, std::mem::take(&mut admitted));
+                    tokio::select! {
+                        n = batch.next() => n,
+                        () = shutdown.cancelled() => return Ok(()),
+                    }
+                }
+            };
+            match next {
+                Some(Ok(msg)) => {
+                    *pause = ERROR_PAUSE.0;
+                    match permits.pop() {
+                        Some(permit) => admitted.push((msg, permit)),
+                        // The server never sends more than asked for;
+                        // should it, the message is left to redelivery.
+                        None => tracing::warn!(
+                            tenant,
+                            "received more messages than requested; leaving the extra for redelivery"
+                        ),
+                    }
+                    if admitted.len() == MAX_JOB {
+                        self.spawn_batch(tasks, std::mem::take(&mut admitted));
+                    }
+                }
+                Some(Err(e)) => {
+                    self.spawn_batch(tasks, admitted);
+                    return Err(e);
+                }
+                // The pull is complete (or expired): ask again.
+                None => {
+                    self.spawn_batch(tasks, admitted);
+                    return Ok(());
+                }
+            }
+        }
     }
 
     /// Process `admitted` on a tracked task. The pipeline is taken here, at
@@ -220,6 +229,9 @@ impl Tenant {
         tasks: &TaskTracker,
         admitted: Vec<(jetstream::Message, OwnedSemaphorePermit)>,
     ) {
+        if admitted.is_empty() {
+            return;
+        }
         let pipeline = self.pipeline.load_full();
         let this = self.clone();
         tasks.spawn(async move { this.process(admitted, pipeline).await });
