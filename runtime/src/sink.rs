@@ -151,7 +151,6 @@ impl Sink {
                 plugin,
             } => {
                 if let Some(f) = &failure {
-                    TenantStats::bump(&self.stats.failures, 1);
                     tracing::debug!(tenant, stream, seq, plugin, failure = %f, "guest failed; retrying");
                 }
                 self.nak(msg, delay.unwrap_or(retry_delay)).await

@@ -53,8 +53,6 @@ pub struct TenantStats {
     pub dead_lettered: AtomicU64,
     /// Sources nak'ed for redelivery.
     pub retried: AtomicU64,
-    /// Guest failures (trap, deadline, memory, init).
-    pub failures: AtomicU64,
     /// Publishes (outputs or dead letters) that failed or timed out.
     pub publish_errors: AtomicU64,
     /// When the first message was received, µs since the Unix epoch (0:
@@ -95,7 +93,8 @@ pub struct StatsSnapshot {
     pub dead_lettered: u64,
     /// See [`TenantStats::retried`].
     pub retried: u64,
-    /// See [`TenantStats::failures`].
+    /// Guest failures (trap, deadline, memory, init): the sum of
+    /// [`TenantStats::failure_causes`].
     pub failures: u64,
     /// See [`TenantStats::publish_errors`].
     pub publish_errors: u64,
@@ -119,7 +118,6 @@ impl Default for TenantStats {
             duplicates: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             retried: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
             publish_errors: AtomicU64::new(0),
             first_received_us: AtomicU64::new(0),
             last_settled_us: AtomicU64::new(0),
@@ -204,7 +202,10 @@ impl TenantStats {
             duplicates: r(&self.duplicates),
             dead_lettered: r(&self.dead_lettered),
             retried: r(&self.retried),
-            failures: r(&self.failures),
+            failures: self
+                .failure_causes
+                .lock()
+                .map_or(0, |causes| causes.values().sum()),
             publish_errors: r(&self.publish_errors),
         }
     }
