@@ -146,29 +146,20 @@ impl Service {
         }
         let mut watchers = Vec::new();
         if let Some(dir) = inner.plugins_dir() {
-            let watch = FolderWatch::new(&dir, false)
-                .with_context(|| format!("watching the plugin folder {}", dir.display()))?;
-            let (inner, stop) = (inner.clone(), shutdown.clone());
-            watchers.push(tokio::spawn(async move {
-                inner
-                    .follow(watch, stop, |i| {
-                        Box::pin(async move { i.rescan_plugins().await })
-                    })
-                    .await;
-            }));
+            let rescan: Rescan = |i| Box::pin(i.rescan_plugins());
+            watchers.push(tokio::spawn(
+                inner.watch(&dir, "plugin", false, &shutdown, rescan)?,
+            ));
         }
         if let Some(dir) = inner.tenants_dir() {
-            let watch = FolderWatch::new(&dir, true)
-                .with_context(|| format!("watching the tenants folder {}", dir.display()))?;
+            let rescan: Rescan = |i| Box::pin(i.rescan_tenants());
+            let follow = inner.watch(&dir, "tenants", true, &shutdown, rescan)?;
+            // Watching first, so nothing that lands during this scan is
+            // missed; following after it, so two scans never overlap. The
+            // scan is awaited: `start` returns with the folder's tenants
+            // running.
             inner.clone().rescan_tenants().await;
-            let (inner, stop) = (inner.clone(), shutdown.clone());
-            watchers.push(tokio::spawn(async move {
-                inner
-                    .follow(watch, stop, |i| {
-                        Box::pin(async move { i.rescan_tenants().await })
-                    })
-                    .await;
-            }));
+            watchers.push(tokio::spawn(follow));
         }
         Ok(Service {
             inner,
@@ -305,19 +296,28 @@ impl Inner {
             .map(|d| self.config.base_dir.join(d))
     }
 
-    async fn follow(
-        self: Arc<Self>,
-        mut watch: FolderWatch,
-        stop: CancellationToken,
+    /// Start watching the `what` folder `dir`; the future returned runs
+    /// `rescan` after each settled change, until `stop`.
+    fn watch(
+        self: &Arc<Self>,
+        dir: &Path,
+        what: &str,
+        recursive: bool,
+        stop: &CancellationToken,
         rescan: Rescan,
-    ) {
-        loop {
-            tokio::select! {
-                tick = watch.changed() => if tick.is_none() { return },
-                () = stop.cancelled() => return,
+    ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+        let mut watch = FolderWatch::new(dir, recursive)
+            .with_context(|| format!("watching the {what} folder {}", dir.display()))?;
+        let (inner, stop) = (self.clone(), stop.clone());
+        Ok(async move {
+            loop {
+                tokio::select! {
+                    tick = watch.changed() => if tick.is_none() { return },
+                    () = stop.cancelled() => return,
+                }
+                rescan(inner.clone()).await;
             }
-            rescan(self.clone()).await;
-        }
+        })
     }
 
     /// Start a tenant's loop (replacing nothing: the caller stopped any
