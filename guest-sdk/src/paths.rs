@@ -68,24 +68,28 @@ enum Target<'d, 'a> {
 }
 
 impl JsonPaths<'_, '_> {
-    fn give_up(&mut self) -> Result<(), String> {
-        self.unsupported = true;
-        // Never seen by the caller: the edit is redone on a `Value`.
-        Err(String::new())
+    /// The result of a fast-path edit. One the fast path cannot do marks
+    /// the whole edit to be redone on a `Value`; the error is never seen by
+    /// the caller.
+    fn fast(&mut self, done: Result<(), Unsupported>) -> Result<(), String> {
+        done.map_err(|Unsupported| {
+            self.unsupported = true;
+            String::new()
+        })
     }
 
     /// Move the value at `from` to `to`; nothing happens if `from` is
     /// absent. Fails as [`set_path`](crate::set_path) does.
     pub fn rename(&mut self, from: &str, to: &str) -> Result<(), String> {
         match &mut self.target {
-            Target::Fast(object) => match object.remove(from) {
-                Ok(Some(node)) => match object.set(to, node) {
-                    Ok(()) => Ok(()),
-                    Err(Unsupported) => self.give_up(),
-                },
-                Ok(None) => Ok(()),
-                Err(Unsupported) => self.give_up(),
-            },
+            Target::Fast(object) => {
+                let done = match object.remove(from) {
+                    Ok(Some(node)) => object.set(to, node),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                self.fast(done)
+            }
             Target::Slow(value) => match remove_path(value, from) {
                 Some(moved) => set_path(value, to, moved),
                 None => Ok(()),
@@ -96,10 +100,10 @@ impl JsonPaths<'_, '_> {
     /// Remove the value at `path`, if there is one.
     pub fn remove(&mut self, path: &str) -> Result<(), String> {
         match &mut self.target {
-            Target::Fast(object) => match object.remove(path) {
-                Ok(_) => Ok(()),
-                Err(Unsupported) => self.give_up(),
-            },
+            Target::Fast(object) => {
+                let done = object.remove(path).map(drop);
+                self.fast(done)
+            }
             Target::Slow(value) => {
                 remove_path(value, path);
                 Ok(())
@@ -111,10 +115,10 @@ impl JsonPaths<'_, '_> {
     /// as [`set_path`](crate::set_path) does.
     pub fn set(&mut self, path: &str, literal: &JsonLiteral) -> Result<(), String> {
         match &mut self.target {
-            Target::Fast(object) => match object.set(path, literal.node()) {
-                Ok(()) => Ok(()),
-                Err(Unsupported) => self.give_up(),
-            },
+            Target::Fast(object) => {
+                let done = object.set(path, literal.node());
+                self.fast(done)
+            }
             Target::Slow(value) => set_path(value, path, literal.value.clone()),
         }
     }
@@ -127,10 +131,8 @@ impl JsonPaths<'_, '_> {
                 let mut quoted = Vec::with_capacity(text.len() + 2);
                 // Writing a `str` into a Vec cannot fail.
                 let _ = serde_json::to_writer(&mut quoted, text);
-                match object.set(path, Node::Text(quoted.into())) {
-                    Ok(()) => Ok(()),
-                    Err(Unsupported) => self.give_up(),
-                }
+                let done = object.set(path, Node::Text(quoted.into()));
+                self.fast(done)
             }
             Target::Slow(value) => set_path(value, path, Value::from(text)),
         }

@@ -148,9 +148,9 @@ impl Chain {
                 }
             }
         }
-        let last = self.labels.last().cloned().unwrap_or_default();
+        let last = self.labels.last().map_or("", String::as_str);
         msg.subject = self.output.render(&self.tenant, &msg.subject);
-        self.publish(origin, source, vec![msg], &last)
+        self.publish(origin, source, vec![msg], last)
     }
 
     /// Check every output's subject, then stamp the host's headers. One
