@@ -2,11 +2,17 @@
 //! payload: one call on a reused instance per reference plugin (and per
 //! language for those with Python and JavaScript versions), a fresh
 //! instance per call (what reuse saves), and the three-stage pipeline the
-//! example tenants run. Needs the plugins built (`scripts/build-plugins`).
+//! example tenants run, one message at a time and in batches. Needs the
+//! plugins built (`scripts/build-plugins`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+/// The allocator the `sluice` binary uses, so these figures match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_main};
@@ -160,6 +166,24 @@ fn benches(c: &mut Criterion) {
     group.bench_function("three-stages", |b| {
         b.iter(|| runner.run(&pipeline, &origin, &msg))
     });
+    group.finish();
+
+    // What the worker pool does with messages pulled together: one call per
+    // stage for the whole batch. Reported per message.
+    let mut group = c.benchmark_group("pipeline-batch");
+    for n in [8, 32] {
+        let items: Vec<(Origin, Arc<Message>)> = (0..n)
+            .map(|k| {
+                let mut o = origin.clone();
+                o.stream_seq = k + 1;
+                (o, Arc::new(msg.clone()))
+            })
+            .collect();
+        group.throughput(Throughput::Elements(n));
+        group.bench_function(format!("three-stages/{n}"), |b| {
+            b.iter(|| runner.run_batch(&pipeline, &items))
+        });
+    }
     group.finish();
 }
 

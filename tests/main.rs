@@ -5,6 +5,7 @@
 // Tests may unwrap and panic: a failed assumption is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod batch;
 mod cli;
 mod config;
 mod conformance;

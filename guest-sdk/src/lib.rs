@@ -81,7 +81,7 @@ pub mod log;
 mod message;
 mod paths;
 
-/// The generated bindings for the `handler` world. Plugins normally use the
+/// The generated bindings for the `batch-handler` world. Plugins normally use the
 /// re-exports at the crate root instead.
 // Generated code: it needs `unsafe` for the canonical ABI and has the
 // argument counts the ABI dictates.
@@ -92,13 +92,27 @@ pub mod bindings {
     // crate while the types and glue stay here.
     wit_bindgen::generate!({
         path: "../wit",
-        world: "handler",
+        // `batch-handler`: the `handler` world plus the `batch` interface,
+        // which the SDK implements with the plugin's own `handle`.
+        world: "batch-handler",
         pub_export_macro: true,
         export_macro_name: "__export_world",
         default_bindings_module: "sluice_guest::bindings",
         additional_derives: [PartialEq, Eq],
     });
 }
+
+/// Talc rather than the default dlmalloc. The canonical ABI allocates (and
+/// frees after the call) every string and list that crosses the boundary,
+/// so a handler spends a large share of each call in the allocator:
+/// measured with `cargo bench --bench guest`, see docs/performance.md.
+#[cfg(all(
+    feature = "talc",
+    target_family = "wasm",
+    not(target_feature = "atomics")
+))]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
 
 pub use bindings::{Message, Origin, Verdict};
 pub use compact::Scalar;
@@ -123,8 +137,9 @@ pub trait Handler: Sized + 'static {
     fn handle(&self, origin: &Origin, msg: Message) -> Verdict;
 }
 
-/// Export a [`Handler`] implementation as the component's `init` and
-/// `handle`. Call it once per plugin crate, at the top level.
+/// Export a [`Handler`] implementation as the component's `init`, `handle`
+/// and `handle-batch` (which calls `handle` for each message of a batch).
+/// Call it once per plugin crate, at the top level.
 ///
 /// The instance that `init` returns lives in guest memory for the life of
 /// the component instance; `handle` before a successful `init` dead-letters
@@ -152,6 +167,16 @@ macro_rules! export_handler {
                 }
             }
 
+            impl $crate::bindings::exports::sluice::pipeline::batch::Guest for SluiceExport {
+                fn handle_batch(
+                    tenant: ::std::string::String,
+                    stream: ::std::string::String,
+                    batch: ::std::vec::Vec<$crate::__private::Delivery>,
+                ) -> ::std::vec::Vec<$crate::Verdict> {
+                    $crate::__private::handle_batch(&SLUICE_HANDLER, tenant, stream, batch)
+                }
+            }
+
     $crate::bindings::__export_world!(SluiceExport with_types_in $crate::bindings);
         };
     };
@@ -163,6 +188,7 @@ pub mod __private {
     use std::cell::RefCell;
     use std::thread::LocalKey;
 
+    pub use crate::bindings::exports::sluice::pipeline::batch::Delivery;
     use crate::{Config, Handler, Message, NOT_INITIALISED, Origin, Verdict};
 
     /// Where `export_handler!` keeps the instance built by `init`.
@@ -194,6 +220,46 @@ pub mod __private {
             },
             Err(_) => Verdict::DeadLetter(NOT_INITIALISED.to_owned()),
         })
+    }
+
+    /// [`handle`] for each delivery in turn, borrowing the handler once.
+    /// One `Origin` serves the whole batch: only its per-message facts change.
+    pub fn handle_batch<H: Handler>(
+        slot: &'static Slot<H>,
+        tenant: String,
+        stream: String,
+        batch: Vec<Delivery>,
+    ) -> Vec<Verdict> {
+        slot.with(|cell| match cell.try_borrow() {
+            Ok(current) => match current.as_ref() {
+                Some(handler) => {
+                    let mut origin = Origin {
+                        tenant,
+                        stream,
+                        stream_seq: 0,
+                        delivered: 0,
+                        published_ms: 0,
+                    };
+                    batch
+                        .into_iter()
+                        .map(|d| {
+                            origin.stream_seq = d.stream_seq;
+                            origin.delivered = d.delivered;
+                            origin.published_ms = d.published_ms;
+                            handler.handle(&origin, d.msg)
+                        })
+                        .collect()
+                }
+                None => not_initialised(batch.len()),
+            },
+            Err(_) => not_initialised(batch.len()),
+        })
+    }
+
+    fn not_initialised(n: usize) -> Vec<Verdict> {
+        (0..n)
+            .map(|_| Verdict::DeadLetter(NOT_INITIALISED.to_owned()))
+            .collect()
     }
 }
 
@@ -253,6 +319,33 @@ mod tests {
         assert!(err.contains("bogus"), "{err}");
         let verdict = __private::handle(&SLOT, origin(), msg());
         assert_eq!(verdict, Verdict::DeadLetter(NOT_INITIALISED.into()));
+    }
+
+    #[test]
+    fn a_batch_gets_one_verdict_per_delivery_in_order() {
+        __private::init(&SLOT, vec![("suffix".into(), ".x".into())]).unwrap();
+        let batch = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(k, s)| __private::Delivery {
+                stream_seq: 10 + k as u64,
+                delivered: 1,
+                published_ms: 0,
+                msg: Message {
+                    subject: (*s).into(),
+                    ..msg()
+                },
+            })
+            .collect();
+        let verdicts = __private::handle_batch(&SLOT, "acme".into(), "IN".into(), batch);
+        let subjects: Vec<String> = verdicts
+            .into_iter()
+            .map(|v| match v {
+                Verdict::Next(m) => m.subject,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(subjects, ["a.x", "b.x", "c.x"]);
     }
 
     #[test]

@@ -3,6 +3,11 @@
 
 use clap::Parser;
 
+/// mimalloc rather than glibc malloc: the per-message work allocates many
+/// small blocks on the reactor and worker threads; see docs/performance.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = sluice::cli::Cli::parse();
     match sluice::cli::run(cli) {

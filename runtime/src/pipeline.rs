@@ -92,6 +92,14 @@ impl Outcome {
     }
 }
 
+/// Where one stage leaves a message.
+enum Step {
+    /// On to the next stage with this message.
+    Next(Message),
+    /// The chain ended.
+    Done(Outcome),
+}
+
 /// The pure part of a tenant's pipeline: what it needs to apply the verdict
 /// rules, without the plugins themselves.
 #[derive(Debug, Clone)]
@@ -114,40 +122,104 @@ impl Chain {
         F: FnMut(usize, &Origin, Message) -> Result<Verdict, GuestFailure>,
     {
         let mut msg = source.clone();
-        for (i, label) in self.labels.iter().enumerate() {
-            let verdict = match call(i, origin, msg) {
-                Ok(v) => v,
-                Err(failure) => {
-                    return Outcome::Retry {
-                        delay: None,
-                        failure: Some(failure),
-                        plugin: label.clone(),
-                    };
-                }
-            };
-            match verdict {
-                Verdict::Next(m) => msg = m,
-                Verdict::Publish(outputs) => return self.publish(origin, source, outputs, label),
-                Verdict::Ack => {
-                    return Outcome::Ack {
-                        plugin: label.clone(),
-                    };
-                }
-                Verdict::DeadLetter(reason) => {
-                    return Outcome::DeadLetter {
-                        reason,
-                        plugin: label.clone(),
-                    };
-                }
-                Verdict::Retry(ms) => {
-                    return Outcome::Retry {
-                        delay: Some(Duration::from_millis(ms.into())),
-                        failure: None,
-                        plugin: label.clone(),
-                    };
-                }
+        for i in 0..self.labels.len() {
+            match self.step(i, origin, source, call(i, origin, msg)) {
+                Step::Next(m) => msg = m,
+                Step::Done(outcome) => return outcome,
             }
         }
+        self.finish(origin, source, msg)
+    }
+
+    /// Run several sources through the stages together: each stage is
+    /// called once with every message still in the chain, as
+    /// `call(i, indices, messages)` where `indices` says which source each
+    /// message came from. The outcomes come back in the sources' order.
+    ///
+    /// A failed call of one message is that message's failure, as in
+    /// [`run`](Self::run). A failed call of several is nobody's in
+    /// particular: those sources get `None`, for the caller to run again one
+    /// at a time so that a bad message fails alone.
+    pub fn run_batch<F>(&self, sources: &[(&Origin, &Message)], mut call: F) -> Vec<Option<Outcome>>
+    where
+        F: FnMut(usize, &[usize], Vec<Message>) -> Result<Vec<Verdict>, GuestFailure>,
+    {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; sources.len()];
+        let mut who: Vec<usize> = (0..sources.len()).collect();
+        let mut msgs: Vec<Message> = sources.iter().map(|(_, m)| (*m).clone()).collect();
+        for i in 0..self.labels.len() {
+            if who.is_empty() {
+                return outcomes;
+            }
+            let verdicts = match call(i, &who, msgs) {
+                Ok(v) if v.len() == who.len() => v.into_iter().map(Ok).collect(),
+                // The wrong number of verdicts: treat it like a failed batch
+                // rather than pair verdicts with the wrong messages.
+                Ok(_) => return outcomes,
+                Err(failure) if who.len() == 1 => vec![Err(failure)],
+                Err(_) => return outcomes,
+            };
+            let mut next_who = Vec::with_capacity(who.len());
+            let mut next_msgs = Vec::with_capacity(who.len());
+            for (k, result) in who.into_iter().zip(verdicts) {
+                let (origin, source) = sources[k];
+                match self.step(i, origin, source, result) {
+                    Step::Next(m) => {
+                        next_who.push(k);
+                        next_msgs.push(m);
+                    }
+                    Step::Done(outcome) => outcomes[k] = Some(outcome),
+                }
+            }
+            who = next_who;
+            msgs = next_msgs;
+        }
+        for (k, msg) in who.into_iter().zip(msgs) {
+            let (origin, source) = sources[k];
+            outcomes[k] = Some(self.finish(origin, source, msg));
+        }
+        outcomes
+    }
+
+    /// Apply stage `i`'s result: the message goes on, or the chain ends.
+    fn step(
+        &self,
+        i: usize,
+        origin: &Origin,
+        source: &Message,
+        result: Result<Verdict, GuestFailure>,
+    ) -> Step {
+        let label = &self.labels[i];
+        let verdict = match result {
+            Ok(v) => v,
+            Err(failure) => {
+                return Step::Done(Outcome::Retry {
+                    delay: None,
+                    failure: Some(failure),
+                    plugin: label.clone(),
+                });
+            }
+        };
+        Step::Done(match verdict {
+            Verdict::Next(m) => return Step::Next(m),
+            Verdict::Publish(outputs) => self.publish(origin, source, outputs, label),
+            Verdict::Ack => Outcome::Ack {
+                plugin: label.clone(),
+            },
+            Verdict::DeadLetter(reason) => Outcome::DeadLetter {
+                reason,
+                plugin: label.clone(),
+            },
+            Verdict::Retry(ms) => Outcome::Retry {
+                delay: Some(Duration::from_millis(ms.into())),
+                failure: None,
+                plugin: label.clone(),
+            },
+        })
+    }
+
+    /// `next` after the last stage: publish to the default output.
+    fn finish(&self, origin: &Origin, source: &Message, mut msg: Message) -> Outcome {
         let last = self.labels.last().map_or("", String::as_str);
         msg.subject = self.output.render(&self.tenant, &msg.subject);
         self.publish(origin, source, vec![msg], last)
@@ -464,5 +536,93 @@ mod tests {
                 plugin: "p0@abc".into()
             }
         );
+    }
+
+    /// Five sources whose payload says what each stage does with them:
+    /// byte `i` is stage `i`'s verdict (`n`ext, `a`ck, `p`ublish, `d`ead
+    /// letter, `r`etry).
+    fn scripted() -> Vec<(Origin, Message)> {
+        ["nnn", "a", "np", "nd", "nnr"]
+            .iter()
+            .enumerate()
+            .map(|(k, script)| {
+                let mut o = origin();
+                o.stream_seq = k as u64;
+                (o, Message::new("acme.in.x", *script))
+            })
+            .collect()
+    }
+
+    fn act(i: usize, m: Message) -> Result<Verdict, GuestFailure> {
+        Ok(match m.payload[i] {
+            b'n' => Verdict::Next(m),
+            b'a' => Verdict::Ack,
+            b'p' => Verdict::Publish(vec![Message::new("acme.out.p", "x")]),
+            b'd' => Verdict::DeadLetter("bad".into()),
+            _ => Verdict::Retry(5),
+        })
+    }
+
+    #[test]
+    fn a_batch_decides_each_message_as_a_run_of_its_own_would() {
+        let c = chain(3);
+        let items = scripted();
+        let sources: Vec<(&Origin, &Message)> = items.iter().map(|(o, m)| (o, m)).collect();
+        let mut calls = Vec::new();
+        let batched = c.run_batch(&sources, |i, who, msgs| {
+            calls.push((i, who.to_vec()));
+            Ok(msgs.into_iter().map(|m| act(i, m).unwrap()).collect())
+        });
+        // Each stage saw only the messages still in the chain.
+        assert_eq!(
+            calls,
+            vec![
+                (0, vec![0, 1, 2, 3, 4]),
+                (1, vec![0, 2, 3, 4]),
+                (2, vec![0, 4])
+            ]
+        );
+        for ((o, m), got) in items.iter().zip(batched) {
+            let alone = c.run(o, m, |i, _, m| act(i, m));
+            assert_eq!(got, Some(alone));
+        }
+    }
+
+    #[test]
+    fn a_failed_batch_leaves_its_messages_undecided() {
+        let c = chain(2);
+        let items = scripted();
+        let sources: Vec<(&Origin, &Message)> = items.iter().map(|(o, m)| (o, m)).collect();
+        let out = c.run_batch(&sources, |i, _, msgs| match i {
+            0 => Ok(msgs.into_iter().map(|m| act(0, m).unwrap()).collect()),
+            _ => Err(GuestFailure {
+                kind: FailureKind::Trap,
+                message: "boom".into(),
+            }),
+        });
+        // `a` was decided at stage 0; the rest were in the failed call.
+        assert!(matches!(out[1], Some(Outcome::Ack { .. })), "{:?}", out[1]);
+        for k in [0, 2, 3, 4] {
+            assert_eq!(out[k], None, "source {k}");
+        }
+    }
+
+    #[test]
+    fn a_failed_call_of_one_message_is_its_retry() {
+        let c = chain(2);
+        let (o, m) = (origin(), source());
+        let out = c.run_batch(&[(&o, &m)], |_, _, _| {
+            Err(GuestFailure {
+                kind: FailureKind::Deadline,
+                message: "slow".into(),
+            })
+        });
+        let Some(Outcome::Retry {
+            failure: Some(f), ..
+        }) = &out[0]
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(f.kind, FailureKind::Deadline);
     }
 }

@@ -1,11 +1,24 @@
-//! The one place `bindgen!` runs: host-side bindings of the `handler` world in
-//! `wit/`. Everything else in the crate uses the host's own message types and
-//! converts at this boundary.
+//! The one place `bindgen!` runs: host-side bindings of the `handler` and
+//! `batch-handler` worlds in `wit/`. Everything else in the crate uses the
+//! host's own message types and converts at this boundary.
 
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "handler",
 });
+
+/// The `batch-handler` world, sharing the `handler` world's types and host
+/// interface so one linker and one set of conversions serve both.
+pub mod batch {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "batch-handler",
+        with: {
+            "sluice:pipeline/types": crate::wasm::bindings::sluice::pipeline::types,
+            "sluice:pipeline/host": crate::wasm::bindings::sluice::pipeline::host,
+        },
+    });
+}
 
 use self::sluice::pipeline::types as wit;
 use crate::message;

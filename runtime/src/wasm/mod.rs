@@ -21,6 +21,8 @@ use wasmtime::component::{Component, HasSelf, Linker, types::ComponentItem};
 use wasmtime::{Config, Engine, Store, Trap};
 
 use crate::message::{Message, Origin, Verdict};
+use bindings::batch::exports::sluice::pipeline::batch::Delivery;
+use bindings::batch::{BatchHandler, BatchHandlerPre};
 use bindings::{Handler, HandlerPre};
 use sandbox::HostState;
 
@@ -153,8 +155,22 @@ pub struct Plugin {
     digest: String,
     label: Arc<str>,
     limits: Limits,
-    pre: HandlerPre<HostState>,
+    pre: Pre,
     engine: Engine,
+}
+
+/// A component ready to instantiate, by the world it targets.
+enum Pre {
+    /// `handler`: one `handle` call per message.
+    Single(HandlerPre<HostState>),
+    /// `batch-handler`: `handle-batch` as well.
+    Batch(BatchHandlerPre<HostState>),
+}
+
+/// A live instance's exports, by world.
+enum Exports {
+    Single(Handler),
+    Batch(BatchHandler),
 }
 
 impl std::fmt::Debug for Plugin {
@@ -187,6 +203,12 @@ impl Plugin {
         self.limits
     }
 
+    /// Whether it takes several messages in one call (it targets the
+    /// `batch-handler` world).
+    pub fn batches(&self) -> bool {
+        matches!(self.pre, Pre::Batch(_))
+    }
+
     /// A fresh instance for `tenant`, initialised with `config`.
     pub fn instantiate(
         self: &Arc<Self>,
@@ -202,11 +224,19 @@ impl Plugin {
             plugin: self.name.to_string(),
             failure: classify(store, &e),
         };
-        let handler = match self.pre.instantiate(&mut store) {
+        let instantiated = match &self.pre {
+            Pre::Single(pre) => pre.instantiate(&mut store).map(Exports::Single),
+            Pre::Batch(pre) => pre.instantiate(&mut store).map(Exports::Batch),
+        };
+        let handler = match instantiated {
             Ok(h) => h,
             Err(e) => return Err(failed(&store, e)),
         };
-        match handler.call_init(&mut store, config) {
+        let init = match &handler {
+            Exports::Single(h) => h.call_init(&mut store, config),
+            Exports::Batch(h) => h.call_init(&mut store, config),
+        };
+        match init {
             Ok(Ok(())) => {}
             Ok(Err(message)) => {
                 return Err(WasmError::InitRejected {
@@ -274,7 +304,7 @@ impl GuestOrigin {
 /// A live instance serving one tenant with one plugin version.
 pub struct GuestInstance {
     store: Store<HostState>,
-    handler: Handler,
+    handler: Exports,
     plugin: Arc<Plugin>,
 }
 
@@ -322,8 +352,70 @@ impl GuestInstance {
         self.store
             .set_epoch_deadline(deadline_ticks(self.plugin.limits.deadline));
         let msg = msg.into();
-        match self.handler.call_handle(&mut self.store, &origin.0, &msg) {
+        let verdict = match &self.handler {
+            Exports::Single(h) => h.call_handle(&mut self.store, &origin.0, &msg),
+            Exports::Batch(h) => h.call_handle(&mut self.store, &origin.0, &msg),
+        };
+        match verdict {
             Ok(v) => Ok(v.into()),
+            Err(e) => Err(classify(&self.store, &e)),
+        }
+    }
+
+    /// Call `handle-batch` under one call's deadline: `msgs[k]` came from
+    /// `origins[who[k]]`, and all of those share one tenant and stream. A
+    /// plugin without the batch call gets one `handle` call per message
+    /// instead. After an `Err` the instance's state is
+    /// undefined: drop it. A batch call that returns the wrong number of
+    /// verdicts is a trap.
+    pub fn handle_batch(
+        &mut self,
+        origins: &[GuestOrigin],
+        who: &[usize],
+        msgs: Vec<Message>,
+    ) -> Result<Vec<Verdict>, GuestFailure> {
+        let (h, first) = match (&self.handler, who.first()) {
+            (Exports::Batch(h), Some(&first)) if msgs.len() > 1 => (h, &origins[first].0),
+            _ => {
+                return who
+                    .iter()
+                    .zip(msgs)
+                    .map(|(&k, msg)| self.handle_with(&origins[k], msg))
+                    .collect();
+            }
+        };
+        self.store
+            .set_epoch_deadline(deadline_ticks(self.plugin.limits.deadline));
+        let n = msgs.len();
+        let deliveries: Vec<Delivery> = who
+            .iter()
+            .zip(msgs)
+            .map(|(&k, msg)| {
+                let o = &origins[k].0;
+                Delivery {
+                    stream_seq: o.stream_seq,
+                    delivered: o.delivered,
+                    published_ms: o.published_ms,
+                    msg: msg.into(),
+                }
+            })
+            .collect();
+        match h.sluice_pipeline_batch().call_handle_batch(
+            &mut self.store,
+            &first.tenant,
+            &first.stream,
+            &deliveries,
+        ) {
+            Ok(verdicts) if verdicts.len() == n => {
+                Ok(verdicts.into_iter().map(Into::into).collect())
+            }
+            Ok(verdicts) => Err(GuestFailure {
+                kind: FailureKind::Trap,
+                message: format!(
+                    "handle-batch returned {} verdicts for {n} messages",
+                    verdicts.len()
+                ),
+            }),
             Err(e) => Err(classify(&self.store, &e)),
         }
     }
@@ -407,7 +499,9 @@ impl Runtime {
 
     /// Compile (or fetch from the cache) and check that the component is a
     /// Sluice handler: it must export `init` and `handle` of the `handler`
-    /// world and import nothing the sandbox does not offer.
+    /// world and import nothing the sandbox does not offer. One that also
+    /// exports the `batch` interface (the `batch-handler` world) gets its
+    /// messages in batches.
     pub fn load(&self, name: &str, bytes: &[u8], limits: Limits) -> Result<Arc<Plugin>, WasmError> {
         let digest = hex(&Sha256::digest(bytes));
         let component = self
@@ -429,7 +523,12 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(not_handler)?;
-        let pre = HandlerPre::new(pre).map_err(not_handler)?;
+        // A component that exports `batch` but with another shape is simply
+        // called one message at a time, like any `handler`.
+        let pre = match BatchHandlerPre::new(pre.clone()) {
+            Ok(batch) => Pre::Batch(batch),
+            Err(_) => Pre::Single(HandlerPre::new(pre).map_err(not_handler)?),
+        };
         Ok(Arc::new(Plugin {
             label: Arc::from(format!("{name}@{}", &digest[..12])),
             name: Arc::from(name),

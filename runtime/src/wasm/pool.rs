@@ -49,6 +49,56 @@ impl StageRunner {
         outcome
     }
 
+    /// Run several messages through `pipeline` together: each stage that
+    /// takes batches gets one call for all the messages still in the chain
+    /// (see [`Chain::run_batch`](crate::pipeline::Chain::run_batch)). The
+    /// messages of a failed batch run again one at a time, so a bad message
+    /// fails alone. Outcomes come back in the messages' order.
+    pub fn run_batch(
+        &mut self,
+        pipeline: &Pipeline,
+        items: &[(Origin, Arc<Message>)],
+    ) -> Vec<Outcome> {
+        // A batch call carries one tenant and stream for all its messages;
+        // a tenant reads one stream, so a job's messages always share them.
+        let shared = items.windows(2).all(|w| {
+            let (a, b) = (&w[0].0, &w[1].0);
+            a.tenant == b.tenant && a.stream == b.stream
+        });
+        if items.len() < 2 || !shared || !pipeline.stages.iter().any(|s| s.plugin.batches()) {
+            return items
+                .iter()
+                .map(|(origin, msg)| self.run(pipeline, origin, msg))
+                .collect();
+        }
+        let origins: Vec<GuestOrigin> = items.iter().map(|(o, _)| GuestOrigin::from(o)).collect();
+        let sources: Vec<(&Origin, &Message)> = items.iter().map(|(o, m)| (o, &**m)).collect();
+        let outcomes = pipeline.chain.run_batch(&sources, |i, who, msgs| {
+            self.call_batch(&pipeline.stages[i], &origins, who, msgs)
+        });
+        let undecided = outcomes.iter().filter(|o| o.is_none()).count();
+        if undecided > 0 {
+            tracing::debug!(
+                tenant = %pipeline.chain.tenant,
+                messages = undecided,
+                "a batch call failed; running its messages one at a time"
+            );
+        }
+        let outcomes = outcomes
+            .into_iter()
+            .zip(items)
+            .map(|(outcome, (origin, msg))| match outcome {
+                Some(o) => o,
+                None => self.run(pipeline, origin, msg),
+            })
+            .collect();
+        self.calls = self.calls.wrapping_add(1);
+        if self.calls.is_multiple_of(SWEEP_EVERY) {
+            self.sweep();
+        }
+        outcomes
+    }
+
     /// Call one stage, creating its instance on first use.
     pub fn call(
         &mut self,
@@ -65,33 +115,67 @@ impl StageRunner {
         origin: &GuestOrigin,
         msg: Message,
     ) -> Result<Verdict, GuestFailure> {
-        let instance = match self.instances.get_mut(&stage.id) {
-            Some((_, i)) => i,
-            None => {
-                let fresh = stage
-                    .plugin
-                    .instantiate(origin.tenant(), &stage.config)
-                    .map_err(|e| match e {
-                        WasmError::InitFailed { failure, .. } => failure,
-                        other => GuestFailure {
-                            kind: FailureKind::Init,
-                            message: other.to_string(),
-                        },
-                    })?;
-                &mut self
-                    .instances
-                    .entry(stage.id)
-                    .or_insert((Arc::downgrade(stage), fresh))
-                    .1
-            }
-        };
+        let instance = self.instance(stage, origin.tenant())?;
         let result = instance.handle_with(origin, msg);
-        // A trapped instance may be in any state: never call it again. One
-        // near its memory limit is replaced before it fails a message.
-        if result.is_err() || instance.worn_out() {
+        self.after_call(stage, result.is_err());
+        result
+    }
+
+    fn call_batch(
+        &mut self,
+        stage: &Arc<Stage>,
+        origins: &[GuestOrigin],
+        who: &[usize],
+        msgs: Vec<Message>,
+    ) -> Result<Vec<Verdict>, GuestFailure> {
+        // Every message of a pipeline belongs to its tenant.
+        let Some(tenant) = who.first().map(|&k| origins[k].tenant()) else {
+            return Ok(Vec::new());
+        };
+        let instance = self.instance(stage, tenant)?;
+        let result = instance.handle_batch(origins, who, msgs);
+        self.after_call(stage, result.is_err());
+        result
+    }
+
+    /// A trapped instance may be in any state: never call it again. One
+    /// near its memory limit is replaced before it fails a message.
+    fn after_call(&mut self, stage: &Stage, failed: bool) {
+        if failed
+            || self
+                .instances
+                .get(&stage.id)
+                .is_some_and(|(_, i)| i.worn_out())
+        {
             self.instances.remove(&stage.id);
         }
-        result
+    }
+
+    /// The stage's live instance, created on first use.
+    fn instance(
+        &mut self,
+        stage: &Arc<Stage>,
+        tenant: &str,
+    ) -> Result<&mut GuestInstance, GuestFailure> {
+        use std::collections::hash_map::Entry;
+        let slot = match self.instances.entry(stage.id) {
+            Entry::Occupied(slot) => slot.into_mut(),
+            Entry::Vacant(slot) => {
+                let fresh =
+                    stage
+                        .plugin
+                        .instantiate(tenant, &stage.config)
+                        .map_err(|e| match e {
+                            WasmError::InitFailed { failure, .. } => failure,
+                            other => GuestFailure {
+                                kind: FailureKind::Init,
+                                message: other.to_string(),
+                            },
+                        })?;
+                slot.insert((Arc::downgrade(stage), fresh))
+            }
+        };
+        Ok(&mut slot.1)
     }
 
     /// Drop instances of stages nobody uses any more.
@@ -124,7 +208,7 @@ struct Job {
 }
 
 /// One message's outcome and how long its pipeline ran on the worker (not
-/// counting time in the queue).
+/// counting time in the queue): its share of its batch's run.
 #[derive(Debug)]
 pub struct Ran {
     /// What the pipeline decided.
@@ -157,17 +241,15 @@ impl WorkerPool {
                     .spawn(move || {
                         let mut runner = StageRunner::default();
                         for job in rx {
-                            let ran = job
-                                .items
-                                .iter()
-                                .map(|(origin, message)| {
-                                    let started = Instant::now();
-                                    let outcome = runner.run(&job.pipeline, origin, message);
-                                    Ran {
-                                        outcome,
-                                        took: started.elapsed(),
-                                    }
-                                })
+                            let started = Instant::now();
+                            let outcomes = runner.run_batch(&job.pipeline, &job.items);
+                            // Stages run the batch together, so each message
+                            // is charged its share of the whole.
+                            let took = started.elapsed()
+                                / u32::try_from(outcomes.len().max(1)).unwrap_or(u32::MAX);
+                            let ran = outcomes
+                                .into_iter()
+                                .map(|outcome| Ran { outcome, took })
                                 .collect();
                             // The caller may have given up (shutdown); its
                             // messages will be redelivered.

@@ -4,7 +4,9 @@
 //! Payloads: `next` (or anything else) → `next` unchanged; `ack`;
 //! `retry:MS`; `dead:REASON`; `publish:N` → N copies on
 //! `<tenant>.out.p<i>`; `outside` → publish to `elsewhere.out`; `trap` →
-//! panic. A payload starting with `{` is JSON and passes through as `next`.
+//! panic; `origin` → `next` with header `X-Origin:
+//! <tenant>/<stream>/<seq>/<delivered>/<published-ms>`, what the guest was
+//! told. A payload starting with `{` is JSON and passes through as `next`.
 
 use sluice_guest::{Config, Handler, Message, Origin, Verdict};
 
@@ -32,6 +34,19 @@ impl Handler for Verdicts {
                         })
                         .collect(),
                 )
+            }
+            "origin" => {
+                let seen = format!(
+                    "{}/{}/{}/{}/{}",
+                    origin.tenant,
+                    origin.stream,
+                    origin.stream_seq,
+                    origin.delivered,
+                    origin.published_ms
+                );
+                let mut msg = msg;
+                msg.set_header("X-Origin", seen);
+                Verdict::Next(msg)
             }
             "outside" => Verdict::Publish(vec![msg.with_subject("elsewhere.out".to_owned())]),
             #[allow(clippy::panic)] // The trap is the point of this payload.

@@ -1,0 +1,207 @@
+//! Batches through real components: a stage that exports the `batch`
+//! interface gets one call for the messages a worker runs together, and the
+//! outcome of every message is what a call of its own would have given; a
+//! bad message in a batch fails alone.
+
+use std::sync::Arc;
+
+use sluice::pipeline::{Outcome, Pipeline, Stage};
+use sluice::subject::Template;
+use sluice::wasm::FailureKind;
+use sluice::wasm::pool::StageRunner;
+use sluice::{Message, Origin};
+
+use crate::support::{limits, load, msg, origin};
+
+fn pipeline(stages: &[(&str, &[(&str, &str)])]) -> Pipeline {
+    let stages = stages
+        .iter()
+        .map(|(name, config)| {
+            let config = config
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Stage::new(load(name, limits()), config)
+        })
+        .collect();
+    Pipeline::new(
+        "acme",
+        Template::parse("{tenant}.out.{subject[2..]}").unwrap(),
+        vec!["acme.out.>".into()],
+        stages,
+    )
+}
+
+/// One message per payload, each with its own sequence number and delivery
+/// count, so the outputs show whose origin each one saw.
+fn items(payloads: &[&str]) -> Vec<(Origin, Arc<Message>)> {
+    payloads
+        .iter()
+        .enumerate()
+        .map(|(k, p)| {
+            let mut o = origin("acme");
+            o.stream_seq = 100 + k as u64;
+            o.delivered = 1 + k as u32 % 3;
+            o.published_ms = 1_700_000_000_000 + k as u64;
+            (o, Arc::new(msg("acme.in.orders", p)))
+        })
+        .collect()
+}
+
+/// Each message run on its own, on a runner of its own.
+fn one_at_a_time(pipeline: &Pipeline, items: &[(Origin, Arc<Message>)]) -> Vec<Outcome> {
+    let mut runner = StageRunner::default();
+    items
+        .iter()
+        .map(|(o, m)| runner.run(pipeline, o, m))
+        .collect()
+}
+
+#[test]
+fn a_batch_decides_every_message_as_a_call_of_its_own_would() {
+    let pipeline = pipeline(&[("verdict", &[]), ("echo", &[])]);
+    assert!(pipeline.stages.iter().all(|s| s.plugin.batches()));
+    let items = items(&[
+        "next",
+        "ack",
+        "retry:250",
+        "dead:no schema",
+        "publish:2",
+        "outside",
+        "origin",
+        r#"{"id":1}"#,
+        "origin",
+    ]);
+    let batched = StageRunner::default().run_batch(&pipeline, &items);
+    assert_eq!(batched, one_at_a_time(&pipeline, &items));
+    // The verdict guest publishes under the tenant it was given, and the
+    // host numbers outputs by each message's own sequence.
+    let Outcome::Publish { outputs, .. } = &batched[4] else {
+        panic!("{:?}", batched[4])
+    };
+    assert_eq!(outputs[1].subject, "acme.out.p1");
+    assert_eq!(outputs[1].header("Nats-Msg-Id"), Some("IN:104:1"));
+    assert!(
+        matches!(batched[1], Outcome::Ack { .. }),
+        "{:?}",
+        batched[1]
+    );
+    // Each message's guest saw its own origin.
+    for (k, seen) in [
+        (6, "acme/IN/106/1/1700000000006"),
+        (8, "acme/IN/108/3/1700000000008"),
+    ] {
+        let Outcome::Publish { outputs, .. } = &batched[k] else {
+            panic!("{:?}", batched[k])
+        };
+        assert_eq!(outputs[0].header("X-Origin"), Some(seen));
+    }
+    assert!(
+        matches!(batched[5], Outcome::DeadLetter { .. }),
+        "{:?}",
+        batched[5]
+    );
+}
+
+#[test]
+fn a_batch_hands_each_stage_the_reference_plugins_results() {
+    let pipeline = pipeline(&[
+        ("transform", &[("rename.user", "customer"), ("set.v", "2")]),
+        ("tenant-stamp", &[]),
+        (
+            "route",
+            &[
+                ("rule.1.field", "type"),
+                ("rule.1.equals", "order"),
+                ("rule.1.to", "{tenant}.out.orders"),
+            ],
+        ),
+    ]);
+    let payloads: Vec<String> = (0..20)
+        .map(|i| {
+            let kind = if i % 3 == 0 { "refund" } else { "order" };
+            format!(r#"{{"type":"{kind}","user":"u{i}","n":{i}}}"#)
+        })
+        .collect();
+    let refs: Vec<&str> = payloads.iter().map(String::as_str).collect();
+    let items = items(&refs);
+    let batched = StageRunner::default().run_batch(&pipeline, &items);
+    assert_eq!(batched, one_at_a_time(&pipeline, &items));
+    let Outcome::Publish { outputs, .. } = &batched[1] else {
+        panic!("{:?}", batched[1])
+    };
+    let body: serde_json::Value = serde_json::from_slice(&outputs[0].payload).unwrap();
+    assert_eq!(body["customer"], "u1", "{body}");
+}
+
+#[test]
+fn a_trap_in_a_batch_fails_only_its_own_message() {
+    let pipeline = pipeline(&[("counter", &[])]);
+    let items = items(&["a", "b", "boom", "c"]);
+    let mut runner = StageRunner::default();
+    let outcomes = runner.run_batch(&pipeline, &items);
+    for k in [0, 1, 3] {
+        let Outcome::Publish { outputs, .. } = &outcomes[k] else {
+            panic!("message {k}: {:?}", outcomes[k])
+        };
+        assert_eq!(outputs[0].payload, items[k].1.payload);
+    }
+    let Outcome::Retry {
+        failure: Some(failure),
+        ..
+    } = &outcomes[2]
+    else {
+        panic!("{:?}", outcomes[2])
+    };
+    assert_eq!(failure.kind, FailureKind::Trap, "{failure}");
+    // The runner still serves the stage after the trap.
+    let again = runner.run_batch(&pipeline, &items[..2]);
+    assert!(
+        again.iter().all(|o| matches!(o, Outcome::Publish { .. })),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn a_batch_past_its_deadline_ends_in_each_message_s_own_deadline() {
+    let pipeline = pipeline(&[("spin", &[])]);
+    let outcomes = StageRunner::default().run_batch(&pipeline, &items(&["a", "b"]));
+    for outcome in outcomes {
+        let Outcome::Retry {
+            failure: Some(failure),
+            ..
+        } = &outcome
+        else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(failure.kind, FailureKind::Deadline, "{failure}");
+    }
+}
+
+#[test]
+fn a_plugin_without_the_batch_call_gets_one_call_per_message() {
+    // The JavaScript build targets the `handler` world: no batch call.
+    let pipeline = pipeline(&[
+        ("transform-js", &[("rename.user", "customer")]),
+        ("counter", &[]),
+    ]);
+    assert!(!pipeline.stages[0].plugin.batches());
+    assert!(pipeline.stages[1].plugin.batches());
+    let items = items(&[r#"{"user":"ann"}"#, r#"{"user":"bob"}"#, "not json"]);
+    let outcomes = StageRunner::default().run_batch(&pipeline, &items);
+    let calls: Vec<Option<&str>> = outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Publish { outputs, .. } => outputs[0].header("X-Calls"),
+            _ => None,
+        })
+        .collect();
+    // The counter stage ran the two JSON messages in one batch, on one
+    // instance; the third was dead-lettered by the transform.
+    assert_eq!(calls, [Some("1"), Some("2"), None], "{outcomes:?}");
+    assert!(
+        matches!(outcomes[2], Outcome::DeadLetter { .. }),
+        "{:?}",
+        outcomes[2]
+    );
+}
