@@ -22,8 +22,11 @@ pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 /// Headers the host owns on outputs: whatever a guest or producer put there
 /// is dropped before the host writes its own.
 fn host_owned(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    lower.starts_with("sluice-") || lower.starts_with("nats-")
+    let prefixed = |prefix: &str| {
+        name.get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    };
+    prefixed("sluice-") || prefixed("nats-")
 }
 
 /// NATS headers travel as text lines: a name with `:` or whitespace, or a
@@ -561,6 +564,21 @@ mod tests {
             b'd' => Verdict::DeadLetter("bad".into()),
             _ => Verdict::Retry(5),
         })
+    }
+
+    #[test]
+    fn host_owned_headers_are_matched_in_any_case() {
+        for name in [
+            "Sluice-Tenant",
+            "SLUICE-X",
+            "nats-msg-id",
+            "Nats-Expected-Stream",
+        ] {
+            assert!(host_owned(name), "{name}");
+        }
+        for name in ["Sluice", "nats", "X-Sluice-Tenant", "Natsé-x", "é", ""] {
+            assert!(!host_owned(name), "{name}");
+        }
     }
 
     #[test]
