@@ -137,15 +137,21 @@ impl Chain {
     /// Run several sources through the stages together: each stage is
     /// called once with every message still in the chain, as
     /// `call(i, indices, messages)` where `indices` says which source each
-    /// message came from. The outcomes come back in the sources' order.
+    /// message came from. The call answers for each message (a verdict, or
+    /// that message's own failure, as in [`run`](Self::run)), or fails as a
+    /// whole. The outcomes come back in the sources' order.
     ///
-    /// A failed call of one message is that message's failure, as in
-    /// [`run`](Self::run). A failed call of several is nobody's in
-    /// particular: those sources get `None`, for the caller to run again one
-    /// at a time so that a bad message fails alone.
+    /// A whole call that failed for one message is that message's failure.
+    /// One that failed for several is nobody's in particular: those sources
+    /// get `None`, for the caller to run again one at a time so that a bad
+    /// message fails alone.
     pub fn run_batch<F>(&self, sources: &[(&Origin, &Message)], mut call: F) -> Vec<Option<Outcome>>
     where
-        F: FnMut(usize, &[usize], Vec<Message>) -> Result<Vec<Verdict>, GuestFailure>,
+        F: FnMut(
+            usize,
+            &[usize],
+            Vec<Message>,
+        ) -> Result<Vec<Result<Verdict, GuestFailure>>, GuestFailure>,
     {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; sources.len()];
         let mut who: Vec<usize> = (0..sources.len()).collect();
@@ -155,7 +161,7 @@ impl Chain {
                 return outcomes;
             }
             let verdicts = match call(i, &who, msgs) {
-                Ok(v) if v.len() == who.len() => v.into_iter().map(Ok).collect(),
+                Ok(v) if v.len() == who.len() => v,
                 // The wrong number of verdicts: treat it like a failed batch
                 // rather than pair verdicts with the wrong messages.
                 Ok(_) => return outcomes,
@@ -589,7 +595,7 @@ mod tests {
         let mut calls = Vec::new();
         let batched = c.run_batch(&sources, |i, who, msgs| {
             calls.push((i, who.to_vec()));
-            Ok(msgs.into_iter().map(|m| act(i, m).unwrap()).collect())
+            Ok(msgs.into_iter().map(|m| act(i, m)).collect())
         });
         // Each stage saw only the messages still in the chain.
         assert_eq!(
@@ -612,7 +618,7 @@ mod tests {
         let items = scripted();
         let sources: Vec<(&Origin, &Message)> = items.iter().map(|(o, m)| (o, m)).collect();
         let out = c.run_batch(&sources, |i, _, msgs| match i {
-            0 => Ok(msgs.into_iter().map(|m| act(0, m).unwrap()).collect()),
+            0 => Ok(msgs.into_iter().map(|m| act(0, m)).collect()),
             _ => Err(GuestFailure {
                 kind: FailureKind::Trap,
                 message: "boom".into(),
@@ -623,6 +629,38 @@ mod tests {
         for k in [0, 2, 3, 4] {
             assert_eq!(out[k], None, "source {k}");
         }
+    }
+
+    #[test]
+    fn a_failure_of_one_message_in_a_call_is_that_message_s_alone() {
+        let c = chain(2);
+        let items = scripted();
+        let sources: Vec<(&Origin, &Message)> = items.iter().map(|(o, m)| (o, m)).collect();
+        let out = c.run_batch(&sources, |i, who, msgs| {
+            Ok(who
+                .iter()
+                .zip(msgs)
+                .map(|(&k, m)| match (i, k) {
+                    (0, 2) => Err(GuestFailure {
+                        kind: FailureKind::Memory,
+                        message: "hog".into(),
+                    }),
+                    _ => act(i, m),
+                })
+                .collect())
+        });
+        let Some(Outcome::Retry {
+            failure: Some(f), ..
+        }) = &out[2]
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(f.kind, FailureKind::Memory);
+        assert!(matches!(out[1], Some(Outcome::Ack { .. })), "{out:?}");
+        assert!(
+            matches!(out[3], Some(Outcome::DeadLetter { .. })),
+            "{out:?}"
+        );
     }
 
     #[test]

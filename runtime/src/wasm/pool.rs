@@ -121,21 +121,31 @@ impl StageRunner {
         result
     }
 
+    /// One stage's call for the messages of a batch still in the chain. A
+    /// stage without the batch call gets a call per message, each with its
+    /// own result, as outside a batch.
     fn call_batch(
         &mut self,
         stage: &Arc<Stage>,
         origins: &[GuestOrigin],
         who: &[usize],
         msgs: Vec<Message>,
-    ) -> Result<Vec<Verdict>, GuestFailure> {
+    ) -> Result<Vec<Result<Verdict, GuestFailure>>, GuestFailure> {
         // Every message of a pipeline belongs to its tenant.
-        let Some(tenant) = who.first().map(|&k| origins[k].tenant()) else {
-            return Ok(Vec::new());
+        let first = match who.first() {
+            Some(&k) if who.len() > 1 && stage.plugin.batches() => k,
+            _ => {
+                return Ok(who
+                    .iter()
+                    .zip(msgs)
+                    .map(|(&k, msg)| self.call_with(stage, &origins[k], msg))
+                    .collect());
+            }
         };
-        let instance = self.instance(stage, tenant)?;
+        let instance = self.instance(stage, origins[first].tenant())?;
         let result = instance.handle_batch(origins, who, msgs);
         self.after_call(stage, result.is_err());
-        result
+        Ok(result?.into_iter().map(Ok).collect())
     }
 
     /// A trapped instance may be in any state: never call it again. One
