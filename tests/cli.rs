@@ -185,7 +185,13 @@ fn check_accepts_the_example_and_names_the_key_of_a_bad_one() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ok"), "{stdout}");
+    // The Rust reference plugins are built with the SDK: batch handlers.
+    assert!(
+        stdout.contains("transform@") && stdout.contains(" (batch)"),
+        "{stdout}"
+    );
 
     let out = run(
         &[

@@ -70,11 +70,21 @@ pub fn msg(subject: &str, payload: &str) -> Message {
 pub fn sluice() -> Command {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     let bin = BIN.get_or_init(|| {
+        // The test executable lives in target/<profile>/deps: build the
+        // binary in the same profile, which is where it is then run from.
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_owned();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
         build
             .args(["build", "--quiet", "-p", "sluice", "--bin", "sluice"])
             .current_dir(root());
+        match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => {}
+            Some(profile) => {
+                build.args(["--profile", profile]);
+            }
+        }
         // Cargo sets these for the test process, and ring's build script
         // tracks some of them: passed on, they would rebuild ring and all
         // that depends on it here, and again on the next `cargo test`.
@@ -94,9 +104,7 @@ pub fn sluice() -> Command {
         }
         let status = build.status().unwrap();
         assert!(status.success(), "building the sluice binary failed");
-        // The test executable lives in target/<profile>/deps.
-        let exe = std::env::current_exe().unwrap();
-        exe.parent().unwrap().parent().unwrap().join("sluice")
+        profile_dir.join("sluice")
     });
     let mut cmd = Command::new(bin);
     cmd.current_dir(root());

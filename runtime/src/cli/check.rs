@@ -16,10 +16,18 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     for id in config.tenants.keys() {
         registry.pipeline(&config, id)?;
     }
+    // Whether a plugin takes batches is worth seeing: it is a property of
+    // the component (its world), not of the config.
     let plugins: Vec<String> = registry
         .all()
         .iter()
-        .map(|p| p.label().to_owned())
+        .map(|p| {
+            if p.batches() {
+                format!("{} (batch)", p.label())
+            } else {
+                p.label().to_owned()
+            }
+        })
         .collect();
     println!(
         "{}: ok ({} tenant{}, plugins: {})",
