@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use sluice::pipeline::{Outcome, Pipeline, Stage};
 use sluice::subject::Template;
-use sluice::wasm::FailureKind;
 use sluice::wasm::pool::StageRunner;
+use sluice::wasm::{FailureKind, Limits};
 use sluice::{Message, Origin};
 
 use crate::support::{limits, load, msg, origin};
@@ -204,4 +204,30 @@ fn a_plugin_without_the_batch_call_gets_one_call_per_message() {
         "{:?}",
         outcomes[2]
     );
+}
+
+#[test]
+fn messages_too_big_to_batch_within_the_memory_limit_still_go_through() {
+    // Sixteen 300 KiB messages need more than the 4 MiB limit at once; one
+    // at a time they fit.
+    let limits = Limits {
+        memory: 4 << 20,
+        ..limits()
+    };
+    let stage = Stage::new(load("counter", limits), vec![]);
+    let pipeline = Pipeline::new(
+        "acme",
+        Template::parse("{tenant}.out.{subject[2..]}").unwrap(),
+        vec!["acme.out.>".into()],
+        vec![stage],
+    );
+    let big = "x".repeat(300 << 10);
+    let payloads: Vec<&str> = (0..16).map(|_| big.as_str()).collect();
+    let outcomes = StageRunner::default().run_batch(&pipeline, &items(&payloads));
+    for (k, outcome) in outcomes.iter().enumerate() {
+        let Outcome::Publish { outputs, .. } = outcome else {
+            panic!("message {k}: {outcome:?}")
+        };
+        assert_eq!(outputs[0].payload.len(), big.len());
+    }
 }

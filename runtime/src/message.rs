@@ -23,6 +23,17 @@ impl Message {
         }
     }
 
+    /// Bytes it takes: subject, headers and payload.
+    pub fn size(&self) -> usize {
+        self.subject.len()
+            + self.payload.len()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+
     /// The first value of header `name` (header names compare
     /// case-insensitively, as NATS and HTTP do).
     pub fn header(&self, name: &str) -> Option<&str> {

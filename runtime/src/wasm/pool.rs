@@ -27,6 +27,36 @@ use crate::pipeline::{Outcome, Pipeline, Stage};
 /// a fraction of a second under load.
 const SWEEP_EVERY: u32 = 4096;
 
+/// A batch's messages together stay within this fraction (1/N) of the
+/// smallest memory limit among the pipeline's batching stages. The guest
+/// holds a batch's inputs, its working copies and its outputs at once; an
+/// eighth leaves them that several times over and the rest of the limit to
+/// the guest itself.
+const BATCH_MEMORY_SHARE: u64 = 8;
+
+/// Split messages of these sizes, in order, into runs whose sizes add up to
+/// at most `budget`; a message bigger than that is a run of its own.
+fn batches_within(
+    sizes: impl IntoIterator<Item = usize>,
+    budget: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let (mut start, mut end, mut total) = (0, 0, 0usize);
+    for (i, size) in sizes.into_iter().enumerate() {
+        if i > start && total.saturating_add(size) > budget {
+            runs.push(start..i);
+            start = i;
+            total = 0;
+        }
+        total = total.saturating_add(size);
+        end = i + 1;
+    }
+    if end > start {
+        runs.push(start..end);
+    }
+    runs
+}
+
 /// The live instances one thread owns.
 #[derive(Default)]
 pub struct StageRunner {
@@ -54,6 +84,10 @@ impl StageRunner {
     /// (see [`Chain::run_batch`](crate::pipeline::Chain::run_batch)). The
     /// messages of a failed batch run again one at a time, so a bad message
     /// fails alone. Outcomes come back in the messages' order.
+    ///
+    /// Large messages are split into smaller batches: a batch call holds all
+    /// its messages in guest memory at once, and batching must never make a
+    /// call run out of memory where calls one at a time would not.
     pub fn run_batch(
         &mut self,
         pipeline: &Pipeline,
@@ -65,12 +99,44 @@ impl StageRunner {
             let (a, b) = (&w[0].0, &w[1].0);
             a.tenant == b.tenant && a.stream == b.stream
         });
-        if items.len() < 2 || !shared || !pipeline.stages.iter().any(|s| s.plugin.batches()) {
-            return items
-                .iter()
-                .map(|(origin, msg)| self.run(pipeline, origin, msg))
-                .collect();
+        let memory = pipeline
+            .stages
+            .iter()
+            .filter(|s| s.plugin.batches())
+            .map(|s| s.plugin.limits().memory)
+            .min();
+        let Some(memory) = memory.filter(|_| items.len() > 1 && shared) else {
+            return self.one_at_a_time(pipeline, items);
+        };
+        let budget = usize::try_from(memory / BATCH_MEMORY_SHARE).unwrap_or(usize::MAX);
+        let mut outcomes = Vec::with_capacity(items.len());
+        for group in batches_within(items.iter().map(|(_, m)| m.size()), budget) {
+            let group = &items[group];
+            if group.len() == 1 {
+                outcomes.extend(self.one_at_a_time(pipeline, group));
+            } else {
+                outcomes.extend(self.run_together(pipeline, group));
+            }
         }
+        outcomes
+    }
+
+    fn one_at_a_time(
+        &mut self,
+        pipeline: &Pipeline,
+        items: &[(Origin, Arc<Message>)],
+    ) -> Vec<Outcome> {
+        items
+            .iter()
+            .map(|(origin, msg)| self.run(pipeline, origin, msg))
+            .collect()
+    }
+
+    fn run_together(
+        &mut self,
+        pipeline: &Pipeline,
+        items: &[(Origin, Arc<Message>)],
+    ) -> Vec<Outcome> {
         let origins: Vec<GuestOrigin> = items.iter().map(|(o, _)| GuestOrigin::from(o)).collect();
         let sources: Vec<(&Origin, &Message)> = items.iter().map(|(o, m)| (o, &**m)).collect();
         let outcomes = pipeline.chain.run_batch(&sources, |i, who, msgs| {
@@ -338,5 +404,22 @@ impl Drop for WorkerPool {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batches_within;
+
+    #[test]
+    fn batches_keep_within_the_budget_and_big_messages_go_alone() {
+        assert_eq!(batches_within([10, 10, 10], 100), vec![0..3]);
+        assert_eq!(batches_within([40, 40, 40, 10], 100), vec![0..2, 2..4]);
+        assert_eq!(batches_within([500, 10, 10], 100), vec![0..1, 1..3]);
+        assert_eq!(batches_within([10, 500, 10], 100), vec![0..1, 1..2, 2..3]);
+        assert_eq!(
+            batches_within([], 100),
+            Vec::<std::ops::Range<usize>>::new()
+        );
     }
 }
