@@ -72,8 +72,12 @@ fn a_batch_decides_every_message_as_a_call_of_its_own_would() {
         r#"{"id":1}"#,
         "origin",
     ]);
-    let batched = StageRunner::default().run_batch(&pipeline, &items);
+    let (batched, reruns): (Vec<Outcome>, Vec<bool>) = StageRunner::default()
+        .run_batch_noting_reruns(&pipeline, &items)
+        .into_iter()
+        .unzip();
     assert_eq!(batched, one_at_a_time(&pipeline, &items));
+    assert!(reruns.iter().all(|r| !r), "no batch call failed");
     // The verdict guest publishes under the tenant it was given, and the
     // host numbers outputs by each message's own sequence.
     let Outcome::Publish { outputs, .. } = &batched[4] else {
@@ -139,7 +143,12 @@ fn a_trap_in_a_batch_fails_only_its_own_message() {
     let pipeline = pipeline(&[("counter", &[])]);
     let items = items(&["a", "b", "boom", "c"]);
     let mut runner = StageRunner::default();
-    let outcomes = runner.run_batch(&pipeline, &items);
+    let (outcomes, reruns): (Vec<Outcome>, Vec<bool>) = runner
+        .run_batch_noting_reruns(&pipeline, &items)
+        .into_iter()
+        .unzip();
+    // The batch call trapped, so all four ran again, one at a time.
+    assert_eq!(reruns, [true; 4]);
     for k in [0, 1, 3] {
         let Outcome::Publish { outputs, .. } = &outcomes[k] else {
             panic!("message {k}: {:?}", outcomes[k])

@@ -301,6 +301,12 @@ impl Collector for HostCollector {
             "Guest calls that failed, by cause: deadline, memory, trap, init.",
             failures,
         )?;
+        counter_family(
+            &mut encoder,
+            "sluice_batch_reruns",
+            "Messages run again one at a time because a batch call they were in failed.",
+            per_tenant(&|t| load(&t.stats.batch_reruns)),
+        )?;
         {
             let mut metric = encoder.encode_descriptor(
                 "sluice_handler_duration_seconds",

@@ -66,6 +66,9 @@ pub struct TenantStats {
     >,
     /// Guest failures by (plugin name, cause).
     pub failure_causes: std::sync::Mutex<std::collections::HashMap<(String, &'static str), u64>>,
+    /// Messages that ran through the pipeline again, one at a time, because
+    /// a batch call they were in failed.
+    pub batch_reruns: AtomicU64,
     /// Time each message's pipeline ran on a worker (queueing not included).
     pub handler_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Messages pending in the consumer, sampled from consumer info.
@@ -123,6 +126,7 @@ impl Default for TenantStats {
             last_settled_us: AtomicU64::new(0),
             outcomes: Default::default(),
             failure_causes: Default::default(),
+            batch_reruns: AtomicU64::new(0),
             // 50 µs to ~3.3 s: a Rust pipeline lands in the first buckets,
             // an interpreted one or a queue under load further up.
             handler_seconds: prometheus_client::metrics::histogram::Histogram::new(

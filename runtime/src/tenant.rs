@@ -360,6 +360,11 @@ impl Tenant {
     /// Count one message's outcome and settle it.
     async fn settle(&self, held: Held<'_>, origin: &Origin, source: &Message, ran: Ran) {
         self.stats.handler_seconds.observe(ran.took.as_secs_f64());
+        if ran.rerun {
+            self.stats
+                .batch_reruns
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let outcome = ran.outcome;
         if let crate::pipeline::Outcome::Retry {
             failure: Some(f),

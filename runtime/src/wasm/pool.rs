@@ -93,6 +93,20 @@ impl StageRunner {
         pipeline: &Pipeline,
         items: &[(Origin, Arc<Message>)],
     ) -> Vec<Outcome> {
+        self.run_batch_noting_reruns(pipeline, items)
+            .into_iter()
+            .map(|(outcome, _)| outcome)
+            .collect()
+    }
+
+    /// [`run_batch`](Self::run_batch), and for each message whether it ran
+    /// again alone because its batch call failed (for the
+    /// `sluice_batch_reruns` metric).
+    pub fn run_batch_noting_reruns(
+        &mut self,
+        pipeline: &Pipeline,
+        items: &[(Origin, Arc<Message>)],
+    ) -> Vec<(Outcome, bool)> {
         // A batch call carries one tenant and stream for all its messages;
         // a tenant reads one stream, so a job's messages always share them.
         let shared = items.windows(2).all(|w| {
@@ -106,14 +120,22 @@ impl StageRunner {
             .map(|s| s.plugin.limits().memory)
             .min();
         let Some(memory) = memory.filter(|_| items.len() > 1 && shared) else {
-            return self.one_at_a_time(pipeline, items);
+            return self
+                .one_at_a_time(pipeline, items)
+                .into_iter()
+                .map(|o| (o, false))
+                .collect();
         };
         let budget = usize::try_from(memory / BATCH_MEMORY_SHARE).unwrap_or(usize::MAX);
         let mut outcomes = Vec::with_capacity(items.len());
         for group in batches_within(items.iter().map(|(_, m)| m.size()), budget) {
             let group = &items[group];
             if group.len() == 1 {
-                outcomes.extend(self.one_at_a_time(pipeline, group));
+                outcomes.extend(
+                    self.one_at_a_time(pipeline, group)
+                        .into_iter()
+                        .map(|o| (o, false)),
+                );
             } else {
                 outcomes.extend(self.run_together(pipeline, group));
             }
@@ -136,7 +158,7 @@ impl StageRunner {
         &mut self,
         pipeline: &Pipeline,
         items: &[(Origin, Arc<Message>)],
-    ) -> Vec<Outcome> {
+    ) -> Vec<(Outcome, bool)> {
         let origins: Vec<GuestOrigin> = items.iter().map(|(o, _)| GuestOrigin::from(o)).collect();
         let sources: Vec<(&Origin, &Message)> = items.iter().map(|(o, m)| (o, &**m)).collect();
         let outcomes = pipeline.chain.run_batch(&sources, |i, who, msgs| {
@@ -154,8 +176,8 @@ impl StageRunner {
             .into_iter()
             .zip(items)
             .map(|(outcome, (origin, msg))| match outcome {
-                Some(o) => o,
-                None => self.run(pipeline, origin, msg),
+                Some(o) => (o, false),
+                None => (self.run(pipeline, origin, msg), true),
             })
             .collect();
         self.calls = self.calls.wrapping_add(1);
@@ -291,6 +313,8 @@ pub struct Ran {
     pub outcome: Outcome,
     /// Time spent running it.
     pub took: Duration,
+    /// Whether it ran again alone because its batch call failed.
+    pub rerun: bool,
 }
 
 /// The pool stopped before the job ran.
@@ -318,14 +342,19 @@ impl WorkerPool {
                         let mut runner = StageRunner::default();
                         for job in rx {
                             let started = Instant::now();
-                            let outcomes = runner.run_batch(&job.pipeline, &job.items);
+                            let outcomes =
+                                runner.run_batch_noting_reruns(&job.pipeline, &job.items);
                             // Stages run the batch together, so each message
                             // is charged its share of the whole.
                             let took = started.elapsed()
                                 / u32::try_from(outcomes.len().max(1)).unwrap_or(u32::MAX);
                             let ran = outcomes
                                 .into_iter()
-                                .map(|outcome| Ran { outcome, took })
+                                .map(|(outcome, rerun)| Ran {
+                                    outcome,
+                                    took,
+                                    rerun,
+                                })
                                 .collect();
                             // The caller may have given up (shutdown); its
                             // messages will be redelivered.
