@@ -240,3 +240,25 @@ fn messages_too_big_to_batch_within_the_memory_limit_still_go_through() {
         assert_eq!(outputs[0].payload.len(), big.len());
     }
 }
+
+#[test]
+fn a_stage_too_slow_for_a_whole_batch_in_one_deadline_gets_smaller_batches() {
+    // 20 ms a message under a 100 ms deadline: twelve at once cannot make
+    // it, one at a time can.
+    let pipeline = pipeline(&[("verdict", &[])]);
+    let items = items(&["work:20"; 12]);
+    let mut runner = StageRunner::default();
+    let first: Vec<(Outcome, bool)> = runner.run_batch_noting_reruns(&pipeline, &items);
+    // The first batch ran past its deadline; its messages ran again alone,
+    // which taught the runner the stage's pace.
+    for (outcome, rerun) in &first {
+        assert!(matches!(outcome, Outcome::Publish { .. }), "{outcome:?}");
+        assert!(rerun);
+    }
+    // From then on the stage's batches fit its deadline: nothing reruns.
+    let second = runner.run_batch_noting_reruns(&pipeline, &items);
+    for (k, (outcome, rerun)) in second.iter().enumerate() {
+        assert!(matches!(outcome, Outcome::Publish { .. }), "{outcome:?}");
+        assert!(!rerun, "message {k} ran again");
+    }
+}

@@ -57,10 +57,20 @@ fn batches_within(
     runs
 }
 
-/// The live instances one thread owns.
+/// A batch call runs under one call's deadline, so a stage's batches are
+/// cut to what it can run in this fraction (1/N) of its deadline, judging by
+/// the time per message it has taken so far. A stage that takes microseconds
+/// is never cut; one near its deadline per message gets one call each.
+const BATCH_DEADLINE_SHARE: u32 = 4;
+
+/// The live instances one thread owns, and how long each stage takes per
+/// message.
 #[derive(Default)]
 pub struct StageRunner {
     instances: HashMap<u64, (Weak<Stage>, GuestInstance)>,
+    /// A moving average of each batching stage's time per message. Kept
+    /// apart from the instances: it outlives an instance a failure drops.
+    pace: HashMap<u64, (Weak<Stage>, Duration)>,
     calls: u32,
 }
 
@@ -204,8 +214,12 @@ impl StageRunner {
         msg: Message,
     ) -> Result<Verdict, GuestFailure> {
         let instance = self.instance(stage, origin.tenant())?;
+        let started = stage.plugin.batches().then(Instant::now);
         let result = instance.handle_with(origin, msg);
         self.after_call(stage, result.is_err());
+        if let (Some(started), Ok(_)) = (started, &result) {
+            self.note_pace(stage, started.elapsed(), 1);
+        }
         result
     }
 
@@ -219,21 +233,82 @@ impl StageRunner {
         who: &[usize],
         msgs: Vec<Message>,
     ) -> Result<Vec<Result<Verdict, GuestFailure>>, GuestFailure> {
-        // Every message of a pipeline belongs to its tenant.
-        let first = match who.first() {
-            Some(&k) if who.len() > 1 && stage.plugin.batches() => k,
-            _ => {
-                return Ok(who
-                    .iter()
-                    .zip(msgs)
-                    .map(|(&k, msg)| self.call_with(stage, &origins[k], msg))
-                    .collect());
+        if who.len() < 2 || !stage.plugin.batches() {
+            return Ok(self.each(stage, origins, who, msgs));
+        }
+        let size = self.batch_size(stage);
+        if who.len() <= size {
+            return Ok(self
+                .together(stage, origins, who, msgs)?
+                .into_iter()
+                .map(Ok)
+                .collect());
+        }
+        let mut results = Vec::with_capacity(who.len());
+        let mut msgs = msgs.into_iter();
+        for part in who.chunks(size) {
+            let part_msgs: Vec<Message> = msgs.by_ref().take(part.len()).collect();
+            if part.len() == 1 {
+                results.extend(self.each(stage, origins, part, part_msgs));
+            } else {
+                let verdicts = self.together(stage, origins, part, part_msgs)?;
+                results.extend(verdicts.into_iter().map(Ok));
             }
-        };
-        let instance = self.instance(stage, origins[first].tenant())?;
+        }
+        Ok(results)
+    }
+
+    /// One call per message, each with its own result.
+    fn each(
+        &mut self,
+        stage: &Arc<Stage>,
+        origins: &[GuestOrigin],
+        who: &[usize],
+        msgs: Vec<Message>,
+    ) -> Vec<Result<Verdict, GuestFailure>> {
+        who.iter()
+            .zip(msgs)
+            .map(|(&k, msg)| self.call_with(stage, &origins[k], msg))
+            .collect()
+    }
+
+    /// One batch call for all of `msgs`.
+    fn together(
+        &mut self,
+        stage: &Arc<Stage>,
+        origins: &[GuestOrigin],
+        who: &[usize],
+        msgs: Vec<Message>,
+    ) -> Result<Vec<Verdict>, GuestFailure> {
+        // Every message of a pipeline belongs to its tenant.
+        let tenant = who.first().map_or("", |&k| origins[k].tenant());
+        let instance = self.instance(stage, tenant)?;
+        let started = Instant::now();
         let result = instance.handle_batch(origins, who, msgs);
         self.after_call(stage, result.is_err());
-        Ok(result?.into_iter().map(Ok).collect())
+        if result.is_ok() {
+            self.note_pace(stage, started.elapsed(), who.len());
+        }
+        result
+    }
+
+    /// How many messages one batch call of `stage` may take.
+    fn batch_size(&self, stage: &Stage) -> usize {
+        let Some((_, per_message)) = self.pace.get(&stage.id) else {
+            return usize::MAX;
+        };
+        let budget = stage.plugin.limits().deadline / BATCH_DEADLINE_SHARE;
+        let size = budget.as_nanos() / per_message.as_nanos().max(1);
+        usize::try_from(size).unwrap_or(usize::MAX).max(1)
+    }
+
+    /// Fold a successful call of `n` messages into the stage's pace.
+    fn note_pace(&mut self, stage: &Arc<Stage>, took: Duration, n: usize) {
+        let sample = took / u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+        self.pace
+            .entry(stage.id)
+            .and_modify(|(_, pace)| *pace = (*pace * 3 + sample) / 4)
+            .or_insert_with(|| (Arc::downgrade(stage), sample));
     }
 
     /// A trapped instance may be in any state: never call it again. One
@@ -280,6 +355,7 @@ impl StageRunner {
     pub fn sweep(&mut self) {
         self.instances
             .retain(|_, (stage, _)| stage.strong_count() > 0);
+        self.pace.retain(|_, (stage, _)| stage.strong_count() > 0);
     }
 
     /// Live instances held.

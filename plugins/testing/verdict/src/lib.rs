@@ -6,7 +6,9 @@
 //! `<tenant>.out.p<i>`; `outside` → publish to `elsewhere.out`; `trap` →
 //! panic; `origin` → `next` with header `X-Origin:
 //! <tenant>/<stream>/<seq>/<delivered>/<published-ms>`, what the guest was
-//! told. A payload starting with `{` is JSON and passes through as `next`.
+//! told; `work:MS` → `next` after MS milliseconds of busy work (a slow
+//! handler). A payload starting with `{` is JSON and passes through as
+//! `next`.
 
 use sluice_guest::{Config, Handler, Message, Origin, Verdict};
 
@@ -46,6 +48,14 @@ impl Handler for Verdicts {
                 );
                 let mut msg = msg;
                 msg.set_header("X-Origin", seen);
+                Verdict::Next(msg)
+            }
+            "work" => {
+                let until = std::time::Instant::now()
+                    + std::time::Duration::from_millis(arg.parse().unwrap_or(0));
+                while std::time::Instant::now() < until {
+                    std::hint::spin_loop();
+                }
                 Verdict::Next(msg)
             }
             "outside" => Verdict::Publish(vec![msg.with_subject("elsewhere.out".to_owned())]),
