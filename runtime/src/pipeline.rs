@@ -562,6 +562,20 @@ mod tests {
             .collect()
     }
 
+    fn refs(items: &[(Origin, Message)]) -> Vec<(&Origin, &Message)> {
+        items.iter().map(|(o, m)| (o, m)).collect()
+    }
+
+    /// The guest failure behind a retry outcome.
+    fn failure_of(out: &Option<Outcome>) -> &GuestFailure {
+        match out {
+            Some(Outcome::Retry {
+                failure: Some(f), ..
+            }) => f,
+            other => panic!("not a guest failure: {other:?}"),
+        }
+    }
+
     fn act(i: usize, m: Message) -> Result<Verdict, GuestFailure> {
         Ok(match m.payload[i] {
             b'n' => Verdict::Next(m),
@@ -591,7 +605,7 @@ mod tests {
     fn a_batch_decides_each_message_as_a_run_of_its_own_would() {
         let c = chain(3);
         let items = scripted();
-        let sources: Vec<(&Origin, &Message)> = items.iter().map(|(o, m)| (o, m)).collect();
+        let sources = refs(&items);
         let mut calls = Vec::new();
         let batched = c.run_batch(&sources, |i, who, msgs| {
             calls.push((i, who.to_vec()));
@@ -616,7 +630,7 @@ mod tests {
     fn a_failed_batch_leaves_its_messages_undecided() {
         let c = chain(2);
         let items = scripted();
-        let sources: Vec<(&Origin, &Message)> = items.iter().map(|(o, m)| (o, m)).collect();
+        let sources = refs(&items);
         let out = c.run_batch(&sources, |i, _, msgs| match i {
             0 => Ok(msgs.into_iter().map(|m| act(0, m)).collect()),
             _ => Err(GuestFailure {
@@ -635,7 +649,7 @@ mod tests {
     fn a_failure_of_one_message_in_a_call_is_that_message_s_alone() {
         let c = chain(2);
         let items = scripted();
-        let sources: Vec<(&Origin, &Message)> = items.iter().map(|(o, m)| (o, m)).collect();
+        let sources = refs(&items);
         let out = c.run_batch(&sources, |i, who, msgs| {
             Ok(who
                 .iter()
@@ -649,13 +663,7 @@ mod tests {
                 })
                 .collect())
         });
-        let Some(Outcome::Retry {
-            failure: Some(f), ..
-        }) = &out[2]
-        else {
-            panic!("{out:?}")
-        };
-        assert_eq!(f.kind, FailureKind::Memory);
+        assert_eq!(failure_of(&out[2]).kind, FailureKind::Memory);
         assert!(matches!(out[1], Some(Outcome::Ack { .. })), "{out:?}");
         assert!(
             matches!(out[3], Some(Outcome::DeadLetter { .. })),
@@ -673,12 +681,6 @@ mod tests {
                 message: "slow".into(),
             })
         });
-        let Some(Outcome::Retry {
-            failure: Some(f), ..
-        }) = &out[0]
-        else {
-            panic!("{out:?}")
-        };
-        assert_eq!(f.kind, FailureKind::Deadline);
+        assert_eq!(failure_of(&out[0]).kind, FailureKind::Deadline);
     }
 }

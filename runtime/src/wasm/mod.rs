@@ -362,42 +362,34 @@ impl GuestInstance {
         }
     }
 
-    /// Call `handle-batch` under one call's deadline: `msgs[k]` came from
-    /// `origins[who[k]]`, and all of those share one tenant and stream. A
-    /// plugin without the batch call gets one `handle` call per message
-    /// instead. After an `Err` the instance's state is
-    /// undefined: drop it. A batch call that returns the wrong number of
-    /// verdicts is a trap.
+    /// Call `handle-batch` under one call's deadline: `msgs[j]` came from
+    /// `origins[j]`, and all of those share one tenant and stream. A plugin
+    /// without the batch call gets one `handle` call per message instead.
+    /// After an `Err` the instance's state is undefined: drop it. A batch
+    /// call that returns the wrong number of verdicts is a trap.
     pub fn handle_batch(
         &mut self,
-        origins: &[GuestOrigin],
-        who: &[usize],
+        origins: &[&Origin],
         msgs: Vec<Message>,
     ) -> Result<Vec<Verdict>, GuestFailure> {
-        let (h, first) = match (&self.handler, who.first()) {
-            (Exports::Batch(h), Some(&first)) if msgs.len() > 1 => (h, &origins[first].0),
-            _ => {
-                return who
-                    .iter()
-                    .zip(msgs)
-                    .map(|(&k, msg)| self.handle_with(&origins[k], msg))
-                    .collect();
-            }
+        let (Exports::Batch(h), Some(first)) = (&self.handler, origins.first()) else {
+            return origins
+                .iter()
+                .zip(msgs)
+                .map(|(origin, msg)| self.handle(origin, msg))
+                .collect();
         };
         self.store
             .set_epoch_deadline(deadline_ticks(self.plugin.limits.deadline));
         let n = msgs.len();
-        let deliveries: Vec<Delivery> = who
+        let deliveries: Vec<Delivery> = origins
             .iter()
             .zip(msgs)
-            .map(|(&k, msg)| {
-                let o = &origins[k].0;
-                Delivery {
-                    stream_seq: o.stream_seq,
-                    delivered: o.delivered,
-                    published_ms: o.published_ms,
-                    msg: msg.into(),
-                }
+            .map(|(o, msg)| Delivery {
+                stream_seq: o.stream_seq,
+                delivered: o.delivered,
+                published_ms: o.published_ms,
+                msg: msg.into(),
             })
             .collect();
         match h.sluice_pipeline_batch().call_handle_batch(

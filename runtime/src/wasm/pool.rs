@@ -63,14 +63,73 @@ fn batches_within(
 /// is never cut; one near its deadline per message gets one call each.
 const BATCH_DEADLINE_SHARE: u32 = 4;
 
-/// The live instances one thread owns, and how long each stage takes per
-/// message.
+/// What one worker keeps for one stage.
+struct Slot {
+    stage: Weak<Stage>,
+    /// The live instance; `None` after a failure dropped it, until the next
+    /// call makes a fresh one.
+    instance: Option<GuestInstance>,
+    /// A moving average of the time per message of a batching stage's
+    /// successful calls. It outlives an instance a failure drops.
+    pace: Option<Duration>,
+}
+
+impl Slot {
+    /// Make `call` on the stage's instance (a fresh one if there is none),
+    /// for `n` messages.
+    fn call<R>(
+        &mut self,
+        stage: &Stage,
+        tenant: &str,
+        n: usize,
+        call: impl FnOnce(&mut GuestInstance) -> Result<R, GuestFailure>,
+    ) -> Result<R, GuestFailure> {
+        let instance = match self.instance.take() {
+            Some(instance) => instance,
+            None => stage
+                .plugin
+                .instantiate(tenant, &stage.config)
+                .map_err(|e| match e {
+                    WasmError::InitFailed { failure, .. } => failure,
+                    other => GuestFailure {
+                        kind: FailureKind::Init,
+                        message: other.to_string(),
+                    },
+                })?,
+        };
+        let instance = self.instance.insert(instance);
+        // Only a batching stage's pace is ever used (to size its batches).
+        let started = stage.plugin.batches().then(Instant::now);
+        let result = call(instance);
+        // A trapped instance may be in any state: never call it again. One
+        // near its memory limit is replaced before it fails a message.
+        let retire = result.is_err() || instance.worn_out();
+        if let (Some(started), Ok(_)) = (started, &result) {
+            let sample = started.elapsed() / u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+            self.pace = Some(self.pace.map_or(sample, |pace| (pace * 3 + sample) / 4));
+        }
+        if retire {
+            self.instance = None;
+        }
+        result
+    }
+
+    /// How many messages one batch call may take: what fits in a share of
+    /// the stage's deadline at its pace so far.
+    fn batch_size(&self, stage: &Stage) -> usize {
+        let Some(per_message) = self.pace else {
+            return usize::MAX;
+        };
+        let budget = stage.plugin.limits().deadline / BATCH_DEADLINE_SHARE;
+        let size = budget.as_nanos() / per_message.as_nanos().max(1);
+        usize::try_from(size).unwrap_or(usize::MAX).max(1)
+    }
+}
+
+/// What one thread keeps per stage: its live instance and its pace.
 #[derive(Default)]
 pub struct StageRunner {
-    instances: HashMap<u64, (Weak<Stage>, GuestInstance)>,
-    /// A moving average of each batching stage's time per message. Kept
-    /// apart from the instances: it outlives an instance a failure drops.
-    pace: HashMap<u64, (Weak<Stage>, Duration)>,
+    slots: HashMap<u64, Slot>,
     calls: u32,
 }
 
@@ -82,10 +141,7 @@ impl StageRunner {
         let outcome = pipeline.chain.run(origin, msg, |i, _, m| {
             self.call_with(&pipeline.stages[i], &guest_origin, m)
         });
-        self.calls = self.calls.wrapping_add(1);
-        if self.calls.is_multiple_of(SWEEP_EVERY) {
-            self.sweep();
-        }
+        self.count_call();
         outcome
     }
 
@@ -130,22 +186,14 @@ impl StageRunner {
             .map(|s| s.plugin.limits().memory)
             .min();
         let Some(memory) = memory.filter(|_| items.len() > 1 && shared) else {
-            return self
-                .one_at_a_time(pipeline, items)
-                .into_iter()
-                .map(|o| (o, false))
-                .collect();
+            return self.one_at_a_time(pipeline, items);
         };
         let budget = usize::try_from(memory / BATCH_MEMORY_SHARE).unwrap_or(usize::MAX);
         let mut outcomes = Vec::with_capacity(items.len());
         for group in batches_within(items.iter().map(|(_, m)| m.size()), budget) {
             let group = &items[group];
             if group.len() == 1 {
-                outcomes.extend(
-                    self.one_at_a_time(pipeline, group)
-                        .into_iter()
-                        .map(|o| (o, false)),
-                );
+                outcomes.extend(self.one_at_a_time(pipeline, group));
             } else {
                 outcomes.extend(self.run_together(pipeline, group));
             }
@@ -157,10 +205,10 @@ impl StageRunner {
         &mut self,
         pipeline: &Pipeline,
         items: &[(Origin, Arc<Message>)],
-    ) -> Vec<Outcome> {
+    ) -> Vec<(Outcome, bool)> {
         items
             .iter()
-            .map(|(origin, msg)| self.run(pipeline, origin, msg))
+            .map(|(origin, msg)| (self.run(pipeline, origin, msg), false))
             .collect()
     }
 
@@ -169,10 +217,10 @@ impl StageRunner {
         pipeline: &Pipeline,
         items: &[(Origin, Arc<Message>)],
     ) -> Vec<(Outcome, bool)> {
-        let origins: Vec<GuestOrigin> = items.iter().map(|(o, _)| GuestOrigin::from(o)).collect();
         let sources: Vec<(&Origin, &Message)> = items.iter().map(|(o, m)| (o, &**m)).collect();
         let outcomes = pipeline.chain.run_batch(&sources, |i, who, msgs| {
-            self.call_batch(&pipeline.stages[i], &origins, who, msgs)
+            let origins: Vec<&Origin> = who.iter().map(|&k| sources[k].0).collect();
+            self.call_batch(&pipeline.stages[i], &origins, msgs)
         });
         let undecided = outcomes.iter().filter(|o| o.is_none()).count();
         if undecided > 0 {
@@ -190,11 +238,15 @@ impl StageRunner {
                 None => (self.run(pipeline, origin, msg), true),
             })
             .collect();
+        self.count_call();
+        outcomes
+    }
+
+    fn count_call(&mut self) {
         self.calls = self.calls.wrapping_add(1);
         if self.calls.is_multiple_of(SWEEP_EVERY) {
             self.sweep();
         }
-        outcomes
     }
 
     /// Call one stage, creating its instance on first use.
@@ -213,159 +265,68 @@ impl StageRunner {
         origin: &GuestOrigin,
         msg: Message,
     ) -> Result<Verdict, GuestFailure> {
-        let instance = self.instance(stage, origin.tenant())?;
-        let started = stage.plugin.batches().then(Instant::now);
-        let result = instance.handle_with(origin, msg);
-        self.after_call(stage, result.is_err());
-        if let (Some(started), Ok(_)) = (started, &result) {
-            self.note_pace(stage, started.elapsed(), 1);
-        }
-        result
+        self.slot(stage)
+            .call(stage, origin.tenant(), 1, |i| i.handle_with(origin, msg))
     }
 
-    /// One stage's call for the messages of a batch still in the chain. A
-    /// stage without the batch call gets a call per message, each with its
-    /// own result, as outside a batch.
+    /// One stage's call for the messages of a batch still in the chain,
+    /// `msgs[j]` from `origins[j]`. A stage without the batch call gets a
+    /// call per message, each with its own result, as outside a batch; so
+    /// does each message of a stage whose pace allows only one per call.
     fn call_batch(
         &mut self,
         stage: &Arc<Stage>,
-        origins: &[GuestOrigin],
-        who: &[usize],
+        origins: &[&Origin],
         msgs: Vec<Message>,
     ) -> Result<Vec<Result<Verdict, GuestFailure>>, GuestFailure> {
-        if who.len() < 2 || !stage.plugin.batches() {
-            return Ok(self.each(stage, origins, who, msgs));
-        }
-        let size = self.batch_size(stage);
-        if who.len() <= size {
-            return Ok(self
-                .together(stage, origins, who, msgs)?
-                .into_iter()
-                .map(Ok)
-                .collect());
-        }
-        let mut results = Vec::with_capacity(who.len());
+        let size = if stage.plugin.batches() {
+            self.slot(stage).batch_size(stage)
+        } else {
+            1
+        };
+        let mut results = Vec::with_capacity(msgs.len());
         let mut msgs = msgs.into_iter();
-        for part in who.chunks(size) {
+        for part in origins.chunks(size) {
             let part_msgs: Vec<Message> = msgs.by_ref().take(part.len()).collect();
-            if part.len() == 1 {
-                results.extend(self.each(stage, origins, part, part_msgs));
+            if let [origin] = part {
+                results.extend(
+                    part_msgs
+                        .into_iter()
+                        .map(|msg| self.call_with(stage, &GuestOrigin::from(*origin), msg)),
+                );
             } else {
-                let verdicts = self.together(stage, origins, part, part_msgs)?;
+                let tenant = part.first().map_or("", |o| o.tenant.as_str());
+                let verdicts = self.slot(stage).call(stage, tenant, part.len(), |i| {
+                    i.handle_batch(part, part_msgs)
+                })?;
                 results.extend(verdicts.into_iter().map(Ok));
             }
         }
         Ok(results)
     }
 
-    /// One call per message, each with its own result.
-    fn each(
-        &mut self,
-        stage: &Arc<Stage>,
-        origins: &[GuestOrigin],
-        who: &[usize],
-        msgs: Vec<Message>,
-    ) -> Vec<Result<Verdict, GuestFailure>> {
-        who.iter()
-            .zip(msgs)
-            .map(|(&k, msg)| self.call_with(stage, &origins[k], msg))
-            .collect()
+    /// The stage's slot, made on first use.
+    fn slot(&mut self, stage: &Arc<Stage>) -> &mut Slot {
+        self.slots.entry(stage.id).or_insert_with(|| Slot {
+            stage: Arc::downgrade(stage),
+            instance: None,
+            pace: None,
+        })
     }
 
-    /// One batch call for all of `msgs`.
-    fn together(
-        &mut self,
-        stage: &Arc<Stage>,
-        origins: &[GuestOrigin],
-        who: &[usize],
-        msgs: Vec<Message>,
-    ) -> Result<Vec<Verdict>, GuestFailure> {
-        // Every message of a pipeline belongs to its tenant.
-        let tenant = who.first().map_or("", |&k| origins[k].tenant());
-        let instance = self.instance(stage, tenant)?;
-        let started = Instant::now();
-        let result = instance.handle_batch(origins, who, msgs);
-        self.after_call(stage, result.is_err());
-        if result.is_ok() {
-            self.note_pace(stage, started.elapsed(), who.len());
-        }
-        result
-    }
-
-    /// How many messages one batch call of `stage` may take.
-    fn batch_size(&self, stage: &Stage) -> usize {
-        let Some((_, per_message)) = self.pace.get(&stage.id) else {
-            return usize::MAX;
-        };
-        let budget = stage.plugin.limits().deadline / BATCH_DEADLINE_SHARE;
-        let size = budget.as_nanos() / per_message.as_nanos().max(1);
-        usize::try_from(size).unwrap_or(usize::MAX).max(1)
-    }
-
-    /// Fold a successful call of `n` messages into the stage's pace.
-    fn note_pace(&mut self, stage: &Arc<Stage>, took: Duration, n: usize) {
-        let sample = took / u32::try_from(n.max(1)).unwrap_or(u32::MAX);
-        self.pace
-            .entry(stage.id)
-            .and_modify(|(_, pace)| *pace = (*pace * 3 + sample) / 4)
-            .or_insert_with(|| (Arc::downgrade(stage), sample));
-    }
-
-    /// A trapped instance may be in any state: never call it again. One
-    /// near its memory limit is replaced before it fails a message.
-    fn after_call(&mut self, stage: &Stage, failed: bool) {
-        if failed
-            || self
-                .instances
-                .get(&stage.id)
-                .is_some_and(|(_, i)| i.worn_out())
-        {
-            self.instances.remove(&stage.id);
-        }
-    }
-
-    /// The stage's live instance, created on first use.
-    fn instance(
-        &mut self,
-        stage: &Arc<Stage>,
-        tenant: &str,
-    ) -> Result<&mut GuestInstance, GuestFailure> {
-        use std::collections::hash_map::Entry;
-        let slot = match self.instances.entry(stage.id) {
-            Entry::Occupied(slot) => slot.into_mut(),
-            Entry::Vacant(slot) => {
-                let fresh =
-                    stage
-                        .plugin
-                        .instantiate(tenant, &stage.config)
-                        .map_err(|e| match e {
-                            WasmError::InitFailed { failure, .. } => failure,
-                            other => GuestFailure {
-                                kind: FailureKind::Init,
-                                message: other.to_string(),
-                            },
-                        })?;
-                slot.insert((Arc::downgrade(stage), fresh))
-            }
-        };
-        Ok(&mut slot.1)
-    }
-
-    /// Drop instances of stages nobody uses any more.
+    /// Drop what is kept for stages nobody uses any more.
     pub fn sweep(&mut self) {
-        self.instances
-            .retain(|_, (stage, _)| stage.strong_count() > 0);
-        self.pace.retain(|_, (stage, _)| stage.strong_count() > 0);
+        self.slots.retain(|_, slot| slot.stage.strong_count() > 0);
     }
 
     /// Live instances held.
     pub fn len(&self) -> usize {
-        self.instances.len()
+        self.slots.values().filter(|s| s.instance.is_some()).count()
     }
 
     /// Whether no instance is live.
     pub fn is_empty(&self) -> bool {
-        self.instances.is_empty()
+        self.len() == 0
     }
 }
 
