@@ -166,6 +166,25 @@ fn a_trap_in_a_batch_fails_only_its_own_message() {
 }
 
 #[test]
+fn a_batch_answer_that_does_not_decode_fails_the_batch_and_each_message_runs_alone() {
+    for mode in ["short", "tag", "trailing", "utf8"] {
+        let pipeline = pipeline(&[("garble", &[("mode", mode)])]);
+        assert!(pipeline.stages[0].plugin.batches());
+        let items = items(&["a", "b", "c"]);
+        let (outcomes, reruns): (Vec<Outcome>, Vec<bool>) = StageRunner::default()
+            .run_batch_noting_reruns(&pipeline, &items)
+            .into_iter()
+            .unzip();
+        // The garbled acks are never taken for verdicts: each message ran
+        // again through `handle`, which passes it on to the output.
+        assert_eq!(reruns, [true; 3], "mode {mode}");
+        for (outcome, (_, msg)) in outcomes.iter().zip(&items) {
+            assert_eq!(outputs(outcome)[0].payload, msg.payload, "mode {mode}");
+        }
+    }
+}
+
+#[test]
 fn a_batch_past_its_deadline_ends_in_each_message_s_own_deadline() {
     let pipeline = pipeline(&[("spin", &[])]);
     let outcomes = StageRunner::default().run_batch(&pipeline, &items(&["a", "b"]));

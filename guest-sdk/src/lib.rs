@@ -80,6 +80,7 @@ pub mod json;
 pub mod log;
 mod message;
 mod paths;
+mod wire;
 
 /// The generated bindings for the `batch-handler` world. Plugins normally use the
 /// re-exports at the crate root instead.
@@ -171,13 +172,20 @@ macro_rules! export_handler {
                 fn handle_batch(
                     tenant: ::std::string::String,
                     stream: ::std::string::String,
-                    batch: ::std::vec::Vec<$crate::__private::Delivery>,
-                ) -> ::std::vec::Vec<$crate::Verdict> {
-                    $crate::__private::handle_batch(&SLUICE_HANDLER, tenant, stream, batch)
+                    count: u32,
+                    deliveries: ::std::vec::Vec<u8>,
+                ) -> ::std::vec::Vec<u8> {
+                    $crate::__private::handle_batch(
+                        &SLUICE_HANDLER,
+                        tenant,
+                        stream,
+                count,
+                        &deliveries,
+                    )
                 }
             }
 
-    $crate::bindings::__export_world!(SluiceExport with_types_in $crate::bindings);
+            $crate::bindings::__export_world!(SluiceExport with_types_in $crate::bindings);
         };
     };
 }
@@ -188,7 +196,7 @@ pub mod __private {
     use std::cell::RefCell;
     use std::thread::LocalKey;
 
-    pub use crate::bindings::exports::sluice::pipeline::batch::Delivery;
+    use crate::wire::{self, Deliveries};
     use crate::{Config, Handler, Message, NOT_INITIALISED, Origin, Verdict};
 
     /// Where `export_handler!` keeps the instance built by `init`.
@@ -222,44 +230,50 @@ pub mod __private {
         })
     }
 
-    /// [`handle`] for each delivery in turn, borrowing the handler once.
-    /// One `Origin` serves the whole batch: only its per-message facts change.
+    /// [`handle`] for each packed delivery in turn, borrowing the handler
+    /// once, each verdict packed as soon as it is made. One `Origin` serves
+    /// the whole batch: only its per-message facts change. Deliveries that
+    /// do not decode (the host never sends those) get no verdicts at all,
+    /// which the host treats as a failed batch and reruns one by one.
     pub fn handle_batch<H: Handler>(
         slot: &'static Slot<H>,
         tenant: String,
         stream: String,
-        batch: Vec<Delivery>,
-    ) -> Vec<Verdict> {
-        slot.with(|cell| match cell.try_borrow() {
-            Ok(current) => match current.as_ref() {
-                Some(handler) => {
-                    let mut origin = Origin {
-                        tenant,
-                        stream,
-                        stream_seq: 0,
-                        delivered: 0,
-                        published_ms: 0,
-                    };
-                    batch
-                        .into_iter()
-                        .map(|d| {
-                            origin.stream_seq = d.stream_seq;
-                            origin.delivered = d.delivered;
-                            origin.published_ms = d.published_ms;
-                            handler.handle(&origin, d.msg)
-                        })
-                        .collect()
+        count: u32,
+        deliveries: &[u8],
+    ) -> Vec<u8> {
+        // Verdicts are mostly the messages again: start at their size.
+        let mut out = Vec::with_capacity(deliveries.len() + 8 * count as usize);
+        let mut origin = Origin {
+            tenant,
+            stream,
+            stream_seq: 0,
+            delivered: 0,
+            published_ms: 0,
+        };
+        let mut reader = Deliveries::new(deliveries);
+        slot.with(|cell| {
+            let current = cell.try_borrow();
+            let handler = current.as_ref().ok().and_then(|h| h.as_ref());
+            for _ in 0..count {
+                let Some(d) = reader.next() else {
+                    return Vec::new();
+                };
+                let verdict = match handler {
+                    Some(handler) => {
+                        origin.stream_seq = d.stream_seq;
+                        origin.delivered = d.delivered;
+                        origin.published_ms = d.published_ms;
+                        handler.handle(&origin, d.msg)
+                    }
+                    None => Verdict::DeadLetter(NOT_INITIALISED.to_owned()),
+                };
+                if !wire::put_verdict(&mut out, &verdict) {
+                    return Vec::new();
                 }
-                None => not_initialised(batch.len()),
-            },
-            Err(_) => not_initialised(batch.len()),
+            }
+            if reader.finished() { out } else { Vec::new() }
         })
-    }
-
-    fn not_initialised(n: usize) -> Vec<Verdict> {
-        (0..n)
-            .map(|_| Verdict::DeadLetter(NOT_INITIALISED.to_owned()))
-            .collect()
     }
 }
 
@@ -321,31 +335,66 @@ mod tests {
         assert_eq!(verdict, Verdict::DeadLetter(NOT_INITIALISED.into()));
     }
 
+    /// Deliveries packed as the WIT documents, for subjects with no headers
+    /// or payload.
+    fn packed(subjects: &[&str]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for (k, s) in subjects.iter().enumerate() {
+            buf.extend_from_slice(&(10 + k as u64).to_le_bytes());
+            buf.extend_from_slice(&1u32.to_le_bytes());
+            buf.extend_from_slice(&0u64.to_le_bytes());
+            buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            buf.extend_from_slice(s.as_bytes());
+            buf.extend_from_slice(&0u32.to_le_bytes());
+            buf.extend_from_slice(&0u32.to_le_bytes());
+        }
+        buf
+    }
+
+    fn verdicts(verdicts: &[Verdict]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for v in verdicts {
+            assert!(wire::put_verdict(&mut out, v));
+        }
+        out
+    }
+
+    fn next(subject: &str) -> Verdict {
+        Verdict::Next(Message {
+            subject: subject.into(),
+            ..msg()
+        })
+    }
+
     #[test]
     fn a_batch_gets_one_verdict_per_delivery_in_order() {
         __private::init(&SLOT, vec![("suffix".into(), ".x".into())]).unwrap();
-        let batch = ["a", "b", "c"]
-            .iter()
-            .enumerate()
-            .map(|(k, s)| __private::Delivery {
-                stream_seq: 10 + k as u64,
-                delivered: 1,
-                published_ms: 0,
-                msg: Message {
-                    subject: (*s).into(),
-                    ..msg()
-                },
-            })
-            .collect();
-        let verdicts = __private::handle_batch(&SLOT, "acme".into(), "IN".into(), batch);
-        let subjects: Vec<String> = verdicts
-            .into_iter()
-            .map(|v| match v {
-                Verdict::Next(m) => m.subject,
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(subjects, ["a.x", "b.x", "c.x"]);
+        let out = __private::handle_batch(
+            &SLOT,
+            "acme".into(),
+            "IN".into(),
+            3,
+            &packed(&["a", "b", "c"]),
+        );
+        assert_eq!(out, verdicts(&[next("a.x"), next("b.x"), next("c.x")]));
+    }
+
+    #[test]
+    fn a_batch_before_init_dead_letters_each_delivery() {
+        let out =
+            __private::handle_batch(&SLOT, "acme".into(), "IN".into(), 2, &packed(&["a", "b"]));
+        let dead = Verdict::DeadLetter(NOT_INITIALISED.into());
+        assert_eq!(out, verdicts(&[dead.clone(), dead]));
+    }
+
+    #[test]
+    fn a_batch_that_does_not_match_its_count_gets_no_verdicts() {
+        __private::init(&SLOT, vec![]).unwrap();
+        let three = packed(&["a", "b", "c"]);
+        for count in [2, 4] {
+            let out = __private::handle_batch(&SLOT, "acme".into(), "IN".into(), count, &three);
+            assert!(out.is_empty(), "count {count}");
+        }
     }
 
     #[test]

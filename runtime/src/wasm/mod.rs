@@ -9,6 +9,7 @@ mod bindings;
 mod cache;
 pub mod pool;
 mod sandbox;
+mod wire;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +22,6 @@ use wasmtime::component::{Component, HasSelf, Linker, types::ComponentItem};
 use wasmtime::{Config, Engine, Store, Trap};
 
 use crate::message::{Message, Origin, Verdict};
-use bindings::batch::exports::sluice::pipeline::batch::Delivery;
 use bindings::batch::{BatchHandler, BatchHandlerPre};
 use bindings::{Handler, HandlerPre};
 use sandbox::HostState;
@@ -250,6 +250,7 @@ impl Plugin {
             store,
             handler,
             plugin: self.clone(),
+            packed: Vec::new(),
         })
     }
 }
@@ -306,6 +307,8 @@ pub struct GuestInstance {
     store: Store<HostState>,
     handler: Exports,
     plugin: Arc<Plugin>,
+    /// The buffer `handle-batch` packs its deliveries into, reused.
+    packed: Vec<u8>,
 }
 
 impl std::fmt::Debug for GuestInstance {
@@ -379,34 +382,37 @@ impl GuestInstance {
                 .map(|(origin, msg)| self.handle(origin, msg))
                 .collect();
         };
+        let mut packed = std::mem::take(&mut self.packed);
+        packed.clear();
+        if wire::encode_deliveries(&mut packed, origins, &msgs).is_err() {
+            // Past the format's 4 GiB lengths: one message at a time, each of
+            // which then fails on its own.
+            self.packed = packed;
+            return origins
+                .iter()
+                .zip(msgs)
+                .map(|(origin, msg)| self.handle(origin, msg))
+                .collect();
+        }
+        let n = msgs.len();
+        // A batch is cut to a share of the memory limit, far below u32::MAX
+        // messages; saturating keeps a bogus count a guest error, not a panic.
+        let count = u32::try_from(n).unwrap_or(u32::MAX);
         self.store
             .set_epoch_deadline(deadline_ticks(self.plugin.limits.deadline));
-        let n = msgs.len();
-        let deliveries: Vec<Delivery> = origins
-            .iter()
-            .zip(msgs)
-            .map(|(o, msg)| Delivery {
-                stream_seq: o.stream_seq,
-                delivered: o.delivered,
-                published_ms: o.published_ms,
-                msg: msg.into(),
-            })
-            .collect();
-        match h.sluice_pipeline_batch().call_handle_batch(
+        let result = h.sluice_pipeline_batch().call_handle_batch(
             &mut self.store,
             &first.tenant,
             &first.stream,
-            &deliveries,
-        ) {
-            Ok(verdicts) if verdicts.len() == n => {
-                Ok(verdicts.into_iter().map(Into::into).collect())
-            }
-            Ok(verdicts) => Err(GuestFailure {
+            count,
+            &packed,
+        );
+        // Kept for the next batch, so its encoding rarely allocates.
+        self.packed = packed;
+        match result {
+            Ok(out) => wire::decode_verdicts(&out, n).map_err(|e| GuestFailure {
                 kind: FailureKind::Trap,
-                message: format!(
-                    "handle-batch returned {} verdicts for {n} messages",
-                    verdicts.len()
-                ),
+                message: format!("handle-batch returned malformed verdicts: {e}"),
             }),
             Err(e) => Err(classify(&self.store, &e)),
         }

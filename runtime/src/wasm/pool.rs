@@ -218,15 +218,24 @@ impl StageRunner {
         items: &[(Origin, Arc<Message>)],
     ) -> Vec<(Outcome, bool)> {
         let sources: Vec<(&Origin, &Message)> = items.iter().map(|(o, m)| (o, &**m)).collect();
+        // The last failed batch call, for the log: the chain keeps only
+        // that its messages are undecided.
+        let mut failed: Option<(usize, GuestFailure)> = None;
         let outcomes = pipeline.chain.run_batch(&sources, |i, who, msgs| {
             let origins: Vec<&Origin> = who.iter().map(|&k| sources[k].0).collect();
-            self.call_batch(&pipeline.stages[i], &origins, msgs)
+            let result = self.call_batch(&pipeline.stages[i], &origins, msgs);
+            if let (Err(failure), true) = (&result, who.len() > 1) {
+                failed = Some((i, failure.clone()));
+            }
+            result
         });
         let undecided = outcomes.iter().filter(|o| o.is_none()).count();
-        if undecided > 0 {
-            tracing::debug!(
+        if let (Some((i, failure)), true) = (failed, undecided > 0) {
+            tracing::warn!(
                 tenant = %pipeline.chain.tenant,
+                plugin = %pipeline.stages[i].plugin.label,
                 messages = undecided,
+                %failure,
                 "a batch call failed; running its messages one at a time"
             );
         }
