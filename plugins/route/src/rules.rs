@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use sluice_guest::{Config, JsonView, Scalar, check_path};
 
-use crate::subject::{Pattern, check_template, fill};
+use crate::subject::{Pattern, Template};
 
 /// How many matching rules decide the targets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +40,7 @@ pub struct Rule {
     /// The pattern the input subject must match.
     pub subject: Option<Pattern>,
     /// Output subject templates.
-    pub to: Vec<String>,
+    pub to: Vec<Template>,
 }
 
 /// The parsed config of a `route` stage.
@@ -51,7 +51,7 @@ pub struct Routes {
     /// First match or all matches.
     pub mode: Mode,
     /// Where unmatched messages go; `None` dead-letters them.
-    pub unmatched: Option<String>,
+    pub unmatched: Option<Template>,
 }
 
 /// The keys of one rule as written, before they are checked together.
@@ -108,11 +108,10 @@ impl Routes {
         };
         let unmatched = match config.get_or("unmatched", "dead-letter") {
             "dead-letter" => None,
-            subject => {
-                check_template(subject)
-                    .map_err(|err| format!("config key \"unmatched\": {err}"))?;
-                Some(subject.to_owned())
-            }
+            subject => Some(
+                Template::parse(subject)
+                    .map_err(|err| format!("config key \"unmatched\": {err}"))?,
+            ),
         };
         Ok(Self {
             rules,
@@ -145,7 +144,7 @@ impl Routes {
         {
             matched = true;
             for template in &rule.to {
-                let target = fill(template, tenant);
+                let target = template.fill(tenant);
                 if !targets.contains(&target) {
                     targets.push(target);
                 }
@@ -158,8 +157,8 @@ impl Routes {
             Some(targets)
         } else {
             self.unmatched
-                .as_deref()
-                .map(|template| vec![fill(template, tenant)])
+                .as_ref()
+                .map(|template| vec![template.fill(tenant)])
         }
     }
 }
@@ -208,10 +207,8 @@ impl Rule {
         let to = to
             .split(',')
             .map(|target| {
-                let target = target.trim();
-                check_template(target)
-                    .map_err(|err| format!("config key \"{}\": {err}", key("to")))?;
-                Ok(target.to_owned())
+                Template::parse(target.trim())
+                    .map_err(|err| format!("config key \"{}\": {err}", key("to")))
             })
             .collect::<Result<_, String>>()?;
         Ok(Self {

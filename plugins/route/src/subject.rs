@@ -63,23 +63,45 @@ impl Pattern {
     }
 }
 
-/// Check an output subject template: a publishable subject (no wildcards,
-/// no empty tokens, no whitespace) once `{tenant}` is filled in.
-pub fn check_template(template: &str) -> Result<(), String> {
-    let filled = fill(template, "tenant");
-    let tokens = split_tokens(&filled)
-        .map_err(|err| err.replace(&format!("\"{filled}\""), &format!("\"{template}\"")))?;
-    if tokens.iter().any(|t| *t == "*" || *t == ">") {
-        return Err(format!(
-            "invalid output subject \"{template}\": wildcards cannot be published to"
-        ));
-    }
-    Ok(())
+/// An output subject template, split once at its `{tenant}` placeholders so
+/// that filling it per message is copying, not searching.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template {
+    /// The text between placeholders: one more piece than placeholders.
+    pieces: Vec<String>,
 }
 
-/// Fill `{tenant}` in an output subject template.
-pub fn fill(template: &str, tenant: &str) -> String {
-    template.replace(TENANT, tenant)
+impl Template {
+    /// Parse and check a template: a publishable subject (no wildcards, no
+    /// empty tokens, no whitespace) once `{tenant}` is filled in.
+    pub fn parse(template: &str) -> Result<Self, String> {
+        let parsed = Template {
+            pieces: template.split(TENANT).map(str::to_owned).collect(),
+        };
+        let filled = parsed.fill("tenant");
+        let tokens = split_tokens(&filled)
+            .map_err(|err| err.replace(&format!("\"{filled}\""), &format!("\"{template}\"")))?;
+        if tokens.iter().any(|t| *t == "*" || *t == ">") {
+            return Err(format!(
+                "invalid output subject \"{template}\": wildcards cannot be published to"
+            ));
+        }
+        Ok(parsed)
+    }
+
+    /// The subject for `tenant`.
+    pub fn fill(&self, tenant: &str) -> String {
+        let placeholders = self.pieces.len() - 1;
+        let len = self.pieces.iter().map(String::len).sum::<usize>() + placeholders * tenant.len();
+        let mut out = String::with_capacity(len);
+        for (index, piece) in self.pieces.iter().enumerate() {
+            if index > 0 {
+                out.push_str(tenant);
+            }
+            out.push_str(piece);
+        }
+        out
+    }
 }
 
 fn split_tokens(subject: &str) -> Result<Vec<&str>, String> {
@@ -154,14 +176,20 @@ mod tests {
 
     #[test]
     fn templates() {
-        assert_eq!(fill("{tenant}.out.{tenant}", "acme"), "acme.out.acme");
-        assert_eq!(check_template("{tenant}.out"), Ok(()));
-        assert!(check_template("out.*").is_err());
-        assert!(check_template("out.>").is_err());
+        let fill = |t: &str| Template::parse(t).map(|t| t.fill("acme"));
         assert_eq!(
-            check_template("{tenant}..x"),
+            fill("{tenant}.out.{tenant}"),
+            Ok("acme.out.acme".to_owned())
+        );
+        assert_eq!(fill("{tenant}.out"), Ok("acme.out".to_owned()));
+        assert_eq!(fill("out.x"), Ok("out.x".to_owned()));
+        assert_eq!(fill("a.{tenant}{tenant}.b"), Ok("a.acmeacme.b".to_owned()));
+        assert!(fill("out.*").is_err());
+        assert!(fill("out.>").is_err());
+        assert_eq!(
+            fill("{tenant}..x"),
             Err("invalid subject \"{tenant}..x\": empty token".to_owned())
         );
-        assert!(check_template("").is_err());
+        assert!(fill("").is_err());
     }
 }
