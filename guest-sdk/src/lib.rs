@@ -72,6 +72,15 @@
 //! The helpers other than [`log`] are plain Rust and work in native unit
 //! tests; [`log`] calls into the host and only works inside a component.
 
+#[cfg(any(
+    test,
+    all(
+        feature = "talc",
+        target_family = "wasm",
+        not(target_feature = "atomics")
+    )
+))]
+mod alloc;
 #[cfg(feature = "cases")]
 pub mod cases;
 mod compact;
@@ -103,17 +112,19 @@ pub mod bindings {
     });
 }
 
-/// Talc rather than the default dlmalloc. The canonical ABI allocates (and
-/// frees after the call) every string and list that crosses the boundary,
-/// so a handler spends a large share of each call in the allocator:
-/// measured with `cargo bench --bench guest`, see docs/performance.md.
+/// Talc rather than the default dlmalloc, behind a cache of freed small
+/// blocks ([`alloc`]). The canonical ABI and a handler's own work allocate
+/// and free the same few sizes on every message, so a handler spends a large
+/// share of each call in the allocator: measured with `cargo bench --bench
+/// guest`, see docs/performance.md.
 #[cfg(all(
     feature = "talc",
     target_family = "wasm",
     not(target_feature = "atomics")
 ))]
 #[global_allocator]
-static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+static ALLOCATOR: alloc::Cached<talc::wasm::WasmDynamicTalc> =
+    alloc::Cached::new(talc::wasm::new_wasm_dynamic_allocator());
 
 pub use bindings::{Message, Origin, Verdict};
 pub use compact::Scalar;
@@ -179,13 +190,13 @@ macro_rules! export_handler {
                         &SLUICE_HANDLER,
                         tenant,
                         stream,
-                count,
+                        count,
                         &deliveries,
                     )
                 }
             }
 
-            $crate::bindings::__export_world!(SluiceExport with_types_in $crate::bindings);
+    $crate::bindings::__export_world!(SluiceExport with_types_in $crate::bindings);
         };
     };
 }
