@@ -4,6 +4,7 @@
 //! stage calls, and only the JetStream side turns an outcome into
 //! ack/nak/term.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -145,17 +146,25 @@ impl Chain {
     /// One that failed for several is nobody's in particular: those sources
     /// get `None`, for the caller to run again one at a time so that a bad
     /// message fails alone.
-    pub fn run_batch<F>(&self, sources: &[(&Origin, &Message)], mut call: F) -> Vec<Option<Outcome>>
+    ///
+    /// The first stage gets the sources themselves, borrowed: a batch call
+    /// only copies them into the guest, so nothing clones them first.
+    pub fn run_batch<'s, F>(
+        &self,
+        sources: &[(&Origin, &'s Message)],
+        mut call: F,
+    ) -> Vec<Option<Outcome>>
     where
         F: FnMut(
             usize,
             &[usize],
-            Vec<Message>,
+            Vec<Cow<'s, Message>>,
         ) -> Result<Vec<Result<Verdict, GuestFailure>>, GuestFailure>,
     {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; sources.len()];
         let mut who: Vec<usize> = (0..sources.len()).collect();
-        let mut msgs: Vec<Message> = sources.iter().map(|(_, m)| (*m).clone()).collect();
+        let mut msgs: Vec<Cow<'s, Message>> =
+            sources.iter().map(|(_, m)| Cow::Borrowed(*m)).collect();
         for i in 0..self.labels.len() {
             if who.is_empty() {
                 return outcomes;
@@ -175,7 +184,7 @@ impl Chain {
                 match self.step(i, origin, source, result) {
                     Step::Next(m) => {
                         next_who.push(k);
-                        next_msgs.push(m);
+                        next_msgs.push(Cow::Owned(m));
                     }
                     Step::Done(outcome) => outcomes[k] = Some(outcome),
                 }
@@ -185,7 +194,7 @@ impl Chain {
         }
         for (k, msg) in who.into_iter().zip(msgs) {
             let (origin, source) = sources[k];
-            outcomes[k] = Some(self.finish(origin, source, msg));
+            outcomes[k] = Some(self.finish(origin, source, msg.into_owned()));
         }
         outcomes
     }
@@ -609,7 +618,7 @@ mod tests {
         let mut calls = Vec::new();
         let batched = c.run_batch(&sources, |i, who, msgs| {
             calls.push((i, who.to_vec()));
-            Ok(msgs.into_iter().map(|m| act(i, m)).collect())
+            Ok(msgs.into_iter().map(|m| act(i, m.into_owned())).collect())
         });
         // Each stage saw only the messages still in the chain.
         assert_eq!(
@@ -632,7 +641,7 @@ mod tests {
         let items = scripted();
         let sources = refs(&items);
         let out = c.run_batch(&sources, |i, _, msgs| match i {
-            0 => Ok(msgs.into_iter().map(|m| act(0, m)).collect()),
+            0 => Ok(msgs.into_iter().map(|m| act(0, m.into_owned())).collect()),
             _ => Err(GuestFailure {
                 kind: FailureKind::Trap,
                 message: "boom".into(),
@@ -659,7 +668,7 @@ mod tests {
                         kind: FailureKind::Memory,
                         message: "hog".into(),
                     }),
-                    _ => act(i, m),
+                    _ => act(i, m.into_owned()),
                 })
                 .collect())
         });

@@ -11,6 +11,7 @@ pub mod pool;
 mod sandbox;
 mod wire;
 
+use std::borrow::Borrow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -255,6 +256,25 @@ impl Plugin {
     }
 }
 
+/// Call `handle-batch` and decode its answer.
+fn call_batch(
+    store: &mut Store<HostState>,
+    h: &BatchHandler,
+    (tenant, stream, count, packed): (&str, &str, u32, &[u8]),
+    n: usize,
+) -> Result<Vec<Verdict>, GuestFailure> {
+    // The answer is copied out of the guest: wasmtime runs the guest's
+    // `post-return`, which frees it, before the call returns.
+    let answer = h
+        .sluice_pipeline_batch()
+        .call_handle_batch(&mut *store, tenant, stream, count, packed)
+        .map_err(|e| classify(store, &e))?;
+    wire::decode_verdicts(&answer, n).map_err(|e| GuestFailure {
+        kind: FailureKind::Trap,
+        message: format!("handle-batch returned malformed verdicts: {e}"),
+    })
+}
+
 fn deadline_ticks(deadline: Duration) -> u64 {
     // +1: the current tick may be almost over when the call starts.
     u64::try_from(deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos())).unwrap_or(u64::MAX) + 1
@@ -370,29 +390,21 @@ impl GuestInstance {
     /// without the batch call gets one `handle` call per message instead.
     /// After an `Err` the instance's state is undefined: drop it. A batch
     /// call that returns the wrong number of verdicts is a trap.
-    pub fn handle_batch(
+    pub fn handle_batch<M: Borrow<Message>>(
         &mut self,
         origins: &[&Origin],
-        msgs: Vec<Message>,
+        msgs: &[M],
     ) -> Result<Vec<Verdict>, GuestFailure> {
         let (Exports::Batch(h), Some(first)) = (&self.handler, origins.first()) else {
-            return origins
-                .iter()
-                .zip(msgs)
-                .map(|(origin, msg)| self.handle(origin, msg))
-                .collect();
+            return self.handle_each(origins, msgs);
         };
         let mut packed = std::mem::take(&mut self.packed);
         packed.clear();
-        if wire::encode_deliveries(&mut packed, origins, &msgs).is_err() {
+        if wire::encode_deliveries(&mut packed, origins, msgs).is_err() {
             // Past the format's 4 GiB lengths: one message at a time, each of
             // which then fails on its own.
             self.packed = packed;
-            return origins
-                .iter()
-                .zip(msgs)
-                .map(|(origin, msg)| self.handle(origin, msg))
-                .collect();
+            return self.handle_each(origins, msgs);
         }
         let n = msgs.len();
         // A batch is cut to a share of the memory limit, far below u32::MAX
@@ -400,22 +412,29 @@ impl GuestInstance {
         let count = u32::try_from(n).unwrap_or(u32::MAX);
         self.store
             .set_epoch_deadline(deadline_ticks(self.plugin.limits.deadline));
-        let result = h.sluice_pipeline_batch().call_handle_batch(
+        let result = call_batch(
             &mut self.store,
-            &first.tenant,
-            &first.stream,
-            count,
-            &packed,
+            h,
+            (&first.tenant, &first.stream, count, &packed),
+            n,
         );
         // Kept for the next batch, so its encoding rarely allocates.
         self.packed = packed;
-        match result {
-            Ok(out) => wire::decode_verdicts(&out, n).map_err(|e| GuestFailure {
-                kind: FailureKind::Trap,
-                message: format!("handle-batch returned malformed verdicts: {e}"),
-            }),
-            Err(e) => Err(classify(&self.store, &e)),
-        }
+        result
+    }
+
+    /// One `handle` call per message, for a batch this instance cannot take
+    /// in one call.
+    fn handle_each<M: Borrow<Message>>(
+        &mut self,
+        origins: &[&Origin],
+        msgs: &[M],
+    ) -> Result<Vec<Verdict>, GuestFailure> {
+        origins
+            .iter()
+            .zip(msgs)
+            .map(|(origin, msg)| self.handle(origin, msg.borrow().clone()))
+            .collect()
     }
 }
 

@@ -9,6 +9,7 @@
 //! tenants or threads and needs no lock. A failed call drops its instance;
 //! the next call on that stage gets a fresh one.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
@@ -286,7 +287,7 @@ impl StageRunner {
         &mut self,
         stage: &Arc<Stage>,
         origins: &[&Origin],
-        msgs: Vec<Message>,
+        msgs: Vec<Cow<'_, Message>>,
     ) -> Result<Vec<Result<Verdict, GuestFailure>>, GuestFailure> {
         let size = if stage.plugin.batches() {
             self.slot(stage).batch_size(stage)
@@ -296,17 +297,17 @@ impl StageRunner {
         let mut results = Vec::with_capacity(msgs.len());
         let mut msgs = msgs.into_iter();
         for part in origins.chunks(size) {
-            let part_msgs: Vec<Message> = msgs.by_ref().take(part.len()).collect();
             if let [origin] = part {
-                results.extend(
-                    part_msgs
-                        .into_iter()
-                        .map(|msg| self.call_with(stage, &GuestOrigin::from(*origin), msg)),
-                );
+                // A single call lowers an owned message: clone a borrowed
+                // source here, as `run` does.
+                results.extend(msgs.by_ref().take(1).map(|msg| {
+                    self.call_with(stage, &GuestOrigin::from(*origin), msg.into_owned())
+                }));
             } else {
+                let part_msgs: Vec<Cow<'_, Message>> = msgs.by_ref().take(part.len()).collect();
                 let tenant = part.first().map_or("", |o| o.tenant.as_str());
                 let verdicts = self.slot(stage).call(stage, tenant, part.len(), |i| {
-                    i.handle_batch(part, part_msgs)
+                    i.handle_batch(part, &part_msgs)
                 })?;
                 results.extend(verdicts.into_iter().map(Ok));
             }

@@ -4,6 +4,8 @@
 //! the guest SDK. A guest's bytes are untrusted: decoding checks every length
 //! and every string and reports where the bytes stop making sense.
 
+use std::borrow::Borrow;
+
 use crate::message::{Message, Origin, Verdict};
 
 const NEXT: u8 = 0;
@@ -18,13 +20,14 @@ const RETRY: u8 = 4;
 pub struct TooLarge;
 
 /// Append the deliveries `(origins[j], msgs[j])` to `out`.
-pub fn encode_deliveries(
+pub fn encode_deliveries<M: Borrow<Message>>(
     out: &mut Vec<u8>,
     origins: &[&Origin],
-    msgs: &[Message],
+    msgs: &[M],
 ) -> Result<(), TooLarge> {
-    out.reserve(msgs.iter().map(|m| m.size() + 32).sum());
+    out.reserve(msgs.iter().map(|m| m.borrow().size() + 32).sum());
     for (origin, msg) in origins.iter().zip(msgs) {
+        let msg = msg.borrow();
         out.extend_from_slice(&origin.stream_seq.to_le_bytes());
         out.extend_from_slice(&origin.delivered.to_le_bytes());
         out.extend_from_slice(&origin.published_ms.to_le_bytes());
