@@ -30,8 +30,14 @@ use sluice::{Message, Origin};
 const LANGUAGES: &[&str] = &["", "-py", "-js"];
 const IN_EVERY_LANGUAGE: &[&str] = &["transform", "route"];
 
+/// Where the components are: `plugins/dist`, or `SLUICE_BENCH_PLUGINS` to
+/// compare another build of them (other flags, another SDK) against it.
 fn plugin_path(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("plugins/dist/{name}.wasm"));
+    let dist = std::env::var_os("SLUICE_BENCH_PLUGINS").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("plugins/dist"),
+        PathBuf::from,
+    );
+    let path = dist.join(format!("{name}.wasm"));
     assert!(
         path.is_file(),
         "{} is missing: run scripts/build-plugins",

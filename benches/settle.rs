@@ -127,7 +127,7 @@ fn settle(c: &mut Criterion) {
                             let source = Message {
                                 subject: msg.subject.to_string(),
                                 headers: sink::header_list(msg.headers.as_ref()),
-                                payload: msg.payload.to_vec(),
+                                payload: msg.payload.clone(),
                             };
                             let mut output = source.clone();
                             output.subject = "out.x".into();

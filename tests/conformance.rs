@@ -177,7 +177,7 @@ impl Probe {
             msg: Message {
                 subject: subject.to_owned(),
                 headers: vec![("X-Id".into(), "7".into()), ("x-id".into(), "8".into())],
-                payload: payload.to_vec(),
+                payload: payload.to_vec().into(),
             },
         }
     }
@@ -276,7 +276,7 @@ fn case_probes(plugin: &str) -> Vec<Probe> {
                 msg: Message {
                     subject: input["subject"].as_str().unwrap().to_owned(),
                     headers,
-                    payload,
+                    payload: payload.into(),
                 },
             }
         })

@@ -181,7 +181,7 @@ fn message_of(spec: &MessageSpec) -> Result<Message, String> {
     Ok(Message {
         subject: spec.subject.clone(),
         headers: spec.headers.clone(),
-        payload,
+        payload: payload.into(),
     })
 }
 

@@ -2,6 +2,8 @@
 //! shape of the WIT contract but independent of any bindings, so the pipeline,
 //! the sink and the CLI speak these and only `wasm` converts.
 
+use bytes::Bytes;
+
 /// One NATS message as the pipeline sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Message {
@@ -9,13 +11,15 @@ pub struct Message {
     pub subject: String,
     /// Headers in order; a name may repeat.
     pub headers: Vec<(String, String)>,
-    /// The body, unchanged bytes.
-    pub payload: Vec<u8>,
+    /// The body, unchanged bytes. Shared, not copied: a payload pulled from
+    /// NATS, cut from a guest's batch answer or published is the same
+    /// buffer.
+    pub payload: Bytes,
 }
 
 impl Message {
     /// A message with no headers.
-    pub fn new(subject: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+    pub fn new(subject: impl Into<String>, payload: impl Into<Bytes>) -> Self {
         Message {
             subject: subject.into(),
             headers: Vec::new(),

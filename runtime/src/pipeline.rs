@@ -419,7 +419,7 @@ mod tests {
         let mut seen = Vec::new();
         let out = chain(3).run(&origin(), &source(), |i, _, mut m| {
             seen.push(i);
-            m.payload.push(b'0' + i as u8);
+            m.payload = [&m.payload[..], &[b'0' + i as u8]].concat().into();
             Ok(Verdict::Next(m))
         });
         assert_eq!(seen, vec![0, 1, 2]);
@@ -430,7 +430,7 @@ mod tests {
         assert_eq!(outputs.len(), 1);
         let o = &outputs[0];
         assert_eq!(o.subject, "acme.out.orders");
-        assert_eq!(o.payload, b"{}012");
+        assert_eq!(o.payload, &b"{}012"[..]);
         assert_eq!(o.header("Traceparent"), Some("00-abc"));
         assert_eq!(o.header(TENANT_HEADER), Some("acme"));
         assert_eq!(o.header(PLUGIN_HEADER), Some("p2@abc"));

@@ -228,7 +228,7 @@ impl Sink {
             let headers = header_map(&m.headers);
             pending.push(
                 self.js
-                    .publish_with_headers(m.subject, headers, m.payload.into())
+                    .publish_with_headers(m.subject, headers, m.payload)
                     .await?
                     .into_future(),
             );

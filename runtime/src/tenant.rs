@@ -298,7 +298,7 @@ impl Tenant {
             let source = Arc::new(Message {
                 subject: msg.subject.to_string(),
                 headers: sink::header_list(msg.headers.as_ref()),
-                payload: msg.payload.to_vec(),
+                payload: msg.payload.clone(),
             });
             items.push((origin, source));
             held.push(Held {

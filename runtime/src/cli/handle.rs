@@ -106,7 +106,7 @@ pub fn run(args: HandleArgs) -> anyhow::Result<()> {
         let msg = Message {
             subject,
             headers,
-            payload,
+            payload: payload.into(),
         };
         match plugin.instantiate(&tenant, &settings) {
             Ok(mut instance) => verdict_json(instance.handle(&origin, msg), None),
@@ -137,7 +137,7 @@ pub fn run(args: HandleArgs) -> anyhow::Result<()> {
         let msg = Message {
             subject,
             headers,
-            payload,
+            payload: payload.into(),
         };
         let limits = config.limits(Some(tenant_config));
         let outcome = StageRunner::default().run(&pipeline, &origin, &msg);

@@ -28,7 +28,8 @@ impl From<message::Message> for wit::Message {
         wit::Message {
             subject: m.subject,
             headers: m.headers,
-            payload: m.payload,
+            // Copies only if the payload is shared.
+            payload: m.payload.into(),
         }
     }
 }
@@ -38,7 +39,7 @@ impl From<wit::Message> for message::Message {
         message::Message {
             subject: m.subject,
             headers: m.headers,
-            payload: m.payload,
+            payload: m.payload.into(),
         }
     }
 }

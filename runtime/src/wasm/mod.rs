@@ -269,7 +269,7 @@ fn call_batch(
         .sluice_pipeline_batch()
         .call_handle_batch(&mut *store, tenant, stream, count, packed)
         .map_err(|e| classify(store, &e))?;
-    wire::decode_verdicts(&answer, n).map_err(|e| GuestFailure {
+    wire::decode_verdicts(answer, n).map_err(|e| GuestFailure {
         kind: FailureKind::Trap,
         message: format!("handle-batch returned malformed verdicts: {e}"),
     })

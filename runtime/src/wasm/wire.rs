@@ -6,6 +6,8 @@
 
 use std::borrow::Borrow;
 
+use bytes::Bytes;
+
 use crate::message::{Message, Origin, Verdict};
 
 const NEXT: u8 = 0;
@@ -59,9 +61,15 @@ fn bytes(out: &mut Vec<u8>, b: &[u8]) -> Result<(), TooLarge> {
 }
 
 /// Decode exactly `count` verdicts that fill `buf`; the error says what is
-/// wrong and at which byte.
-pub fn decode_verdicts(buf: &[u8], count: usize) -> Result<Vec<Verdict>, String> {
-    let mut r = Reader { buf, at: 0 };
+/// wrong and at which byte. Payloads are cut from `buf`, not copied.
+pub fn decode_verdicts(buf: Vec<u8>, count: usize) -> Result<Vec<Verdict>, String> {
+    let shared = Bytes::from(buf);
+    let buf = &shared[..];
+    let mut r = Reader {
+        shared: &shared,
+        buf,
+        at: 0,
+    };
     // Every verdict takes at least its tag byte, so a count past the buffer's
     // length is an error found below, never a huge allocation here.
     let mut verdicts = Vec::with_capacity(count.min(buf.len()));
@@ -79,6 +87,8 @@ pub fn decode_verdicts(buf: &[u8], count: usize) -> Result<Vec<Verdict>, String>
 }
 
 struct Reader<'a> {
+    /// The buffer, for cutting payloads from.
+    shared: &'a Bytes,
     buf: &'a [u8],
     at: usize,
 }
@@ -133,7 +143,7 @@ impl<'a> Reader<'a> {
         for _ in 0..n {
             headers.push((self.string()?, self.string()?));
         }
-        let payload = self.bytes()?.to_vec();
+        let payload = self.shared.slice_ref(self.bytes()?);
         Ok(Message {
             subject,
             headers,
@@ -173,7 +183,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| ((*k).into(), (*v).into()))
                 .collect(),
-            payload: payload.to_vec(),
+            payload: Bytes::copy_from_slice(payload),
         }
     }
 
@@ -229,7 +239,7 @@ mod tests {
         buf.push(RETRY);
         buf.extend_from_slice(&250u32.to_le_bytes());
         assert_eq!(
-            decode_verdicts(&buf, 5).unwrap(),
+            decode_verdicts(buf, 5).unwrap(),
             vec![
                 Verdict::Next(a.clone()),
                 Verdict::Publish(vec![a, b]),
@@ -245,22 +255,22 @@ mod tests {
         let mut next = vec![NEXT];
         put_message(&mut next, &msg("a", &[], b"xyz"));
 
-        let err = decode_verdicts(&next[..next.len() - 1], 1).unwrap_err();
+        let err = decode_verdicts(next[..next.len() - 1].to_vec(), 1).unwrap_err();
         assert!(
             err.contains("verdict 0") && err.contains("bytes wanted"),
             "{err}"
         );
-        let err = decode_verdicts(&next, 2).unwrap_err();
+        let err = decode_verdicts(next.clone(), 2).unwrap_err();
         assert!(err.contains("verdict 1"), "{err}");
-        let err = decode_verdicts(&next, 0).unwrap_err();
+        let err = decode_verdicts(next.clone(), 0).unwrap_err();
         assert!(err.contains("after the last of 0"), "{err}");
-        let err = decode_verdicts(&[9], 1).unwrap_err();
+        let err = decode_verdicts(vec![9], 1).unwrap_err();
         assert!(err.contains("unknown verdict tag 9"), "{err}");
 
         let mut bad = vec![DEAD_LETTER];
         bad.extend_from_slice(&2u32.to_le_bytes());
         bad.extend_from_slice(&[0xff, 0xfe]);
-        let err = decode_verdicts(&bad, 1).unwrap_err();
+        let err = decode_verdicts(bad, 1).unwrap_err();
         assert!(err.contains("not UTF-8"), "{err}");
 
         // A header count far beyond the buffer fails on the bytes, without
@@ -269,7 +279,7 @@ mod tests {
         huge.extend_from_slice(&1u32.to_le_bytes());
         huge.push(b'a');
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
-        let err = decode_verdicts(&huge, 1).unwrap_err();
+        let err = decode_verdicts(huge, 1).unwrap_err();
         assert!(err.contains("bytes wanted"), "{err}");
     }
 }
