@@ -345,6 +345,27 @@ impl std::io::Write for Printed {
     }
 }
 
+/// Whether serde_json prints the float `text` back as it is, decided
+/// without parsing it, for the common case: no exponent, at least 1 in
+/// magnitude (no leading zero) and at most 15 significant digits, the last
+/// of them a non-zero fraction digit. Any two such decimals are different
+/// doubles (an f64 keeps 15 significant digits), so the shortest decimal
+/// that reads back as this double is this one; and serde_json (zmij) prints
+/// numbers below 1e16 in plain notation, exactly as written here. Other
+/// floats return false and are checked by printing them.
+fn plain_float_prints_as_written(text: &[u8], int_digits: usize, frac_digits: usize) -> bool {
+    let digits = if text.first() == Some(&b'-') {
+        &text[1..]
+    } else {
+        text
+    };
+    digits.len() == int_digits + 1 + frac_digits
+        && frac_digits > 0
+        && int_digits + frac_digits <= 15
+        && digits.first() != Some(&b'0')
+        && digits.last() != Some(&b'0')
+}
+
 struct Parser<'a> {
     bytes: &'a [u8],
     pos: usize,
@@ -507,9 +528,12 @@ impl<'a> Parser<'a> {
         }
         let int_digits = self.pos - digits_start;
         let mut integer = true;
+        let mut frac_digits = 0;
         if self.peek() == Some(b'.') {
             self.pos += 1;
+            let frac_start = self.pos;
             self.at_least_one_digit()?;
+            frac_digits = self.pos - frac_start;
             integer = false;
         }
         if let Some(b'e' | b'E') = self.peek() {
@@ -529,6 +553,9 @@ impl<'a> Parser<'a> {
                 int_digits <= 19
             };
             return if fits { Ok(()) } else { Err(Unsupported) };
+        }
+        if plain_float_prints_as_written(text, int_digits, frac_digits) {
+            return Ok(());
         }
         // Parse and print it as serde_json does (into a `Value`, whose
         // floats go through these same two steps) and compare.
@@ -786,6 +813,53 @@ mod tests {
         for accepted in [CORPUS[0], CORPUS[2], CORPUS[4], CORPUS[5]] {
             assert!(Object::parse(accepted.as_bytes()).is_ok(), "{accepted}");
         }
+    }
+
+    #[test]
+    fn floats_taken_without_printing_them_print_back_the_same() {
+        // Every float the shortcut takes, from a spread of digit patterns,
+        // signs and magnitudes, is one serde_json prints back unchanged.
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut taken = 0;
+        for _ in 0..200_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let int_digits = 1 + (seed % 15) as usize;
+            let frac_digits = 1 + ((seed >> 8) % 16) as usize;
+            let digits = format!("{}{:019}", 1 + seed % 9, (seed >> 4) % 10u64.pow(19));
+            let mut text = String::new();
+            if seed & 1 == 1 {
+                text.push('-');
+            }
+            text.push_str(&digits[..int_digits]);
+            text.push('.');
+            text.push_str(&digits[int_digits..(int_digits + frac_digits).min(20)]);
+            let frac_digits = text.len() - text.find('.').unwrap() - 1;
+            if !plain_float_prints_as_written(text.as_bytes(), int_digits, frac_digits) {
+                continue;
+            }
+            taken += 1;
+            let value: f64 = text.parse().unwrap();
+            assert_eq!(serde_json::to_string(&value).unwrap(), text);
+        }
+        assert!(taken > 10_000, "only {taken} taken");
+        for (text, int_digits, frac_digits) in [
+            ("129.5", 3, 1),
+            ("-1.25", 1, 2),
+            ("1.50", 1, 2),
+            ("0.5", 1, 1),
+            ("12345678.12345678", 8, 8),
+        ] {
+            let prints: f64 = text.parse().unwrap();
+            let same = serde_json::to_string(&prints).unwrap() == text;
+            if plain_float_prints_as_written(text.as_bytes(), int_digits, frac_digits) {
+                assert!(same, "{text}");
+            }
+        }
+        assert!(plain_float_prints_as_written(b"129.5", 3, 1));
+        assert!(!plain_float_prints_as_written(b"1.50", 1, 2));
+        assert!(!plain_float_prints_as_written(b"0.5", 1, 1));
     }
 
     #[test]
