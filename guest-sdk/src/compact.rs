@@ -123,7 +123,7 @@ impl<'a> Object<'a> {
             if index > 0 {
                 out.push(b',');
             }
-            write_key(key, out);
+            write_key(key, matches!(key, Cow::Borrowed(_)), out);
             out.push(b':');
             value.write(out);
         }
@@ -139,7 +139,7 @@ impl<'a> Object<'a> {
     /// The value at `path`. `Ok(None)` when a segment is missing or the
     /// value there is a scalar; a path through an array is unsupported.
     pub(crate) fn get(&self, path: &str) -> Result<Option<&Node<'a>>, Unsupported> {
-        let mut segments = path.split('.');
+        let mut segments = segments(path);
         let mut current = match segments.next() {
             Some(first) => match self.position(first) {
                 Some(i) => &self.members[i].1,
@@ -163,7 +163,8 @@ impl<'a> Object<'a> {
     /// Remove and return the value at `path`, keeping the order of the
     /// other members, as `json::remove_path` does.
     pub(crate) fn remove(&mut self, path: &str) -> Result<Option<Node<'a>>, Unsupported> {
-        let (parent, last) = match path.rsplit_once('.') {
+        let last_dot = path.bytes().rposition(|b| b == b'.');
+        let (parent, last) = match last_dot.map(|at| (&path[..at], &path[at + 1..])) {
             Some((parent, last)) => match self.get_mut(parent)? {
                 Some(Node::Object(object)) => (object, last),
                 Some(node) if node.is_array() => return Err(Unsupported),
@@ -177,7 +178,7 @@ impl<'a> Object<'a> {
     }
 
     fn get_mut(&mut self, path: &str) -> Result<Option<&mut Node<'a>>, Unsupported> {
-        let mut segments = path.split('.');
+        let mut segments = segments(path);
         let mut current = match segments.next().and_then(|first| self.position(first)) {
             Some(i) => &mut self.members[i].1,
             None => return Ok(None),
@@ -202,7 +203,7 @@ impl<'a> Object<'a> {
     /// an error there) are unsupported, so that error text has one source.
     pub(crate) fn set(&mut self, path: &str, new: Node<'a>) -> Result<(), Unsupported> {
         let mut current = self;
-        let mut segments = path.split('.').peekable();
+        let mut segments = segments(path).peekable();
         while let Some(segment) = segments.next() {
             let index = match current.position(segment) {
                 Some(index) => index,
@@ -229,10 +230,30 @@ impl<'a> Object<'a> {
     }
 }
 
-/// Write `key` as a JSON string. Keys read from the payload never need
-/// escapes (those payloads go the slow way); keys from a path might.
-fn write_key(key: &[u8], out: &mut Vec<u8>) {
-    if key.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20) {
+/// The segments of a dot path, as `path.split('.')` gives them: paths are a
+/// few bytes long, and a plain scan beats setting up a searcher for each.
+fn segments(path: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(path);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match current.bytes().position(|b| b == b'.') {
+            Some(at) => {
+                rest = Some(&current[at + 1..]);
+                Some(&current[..at])
+            }
+            None => {
+                rest = None;
+                Some(current)
+            }
+        }
+    })
+}
+
+/// Write `key` as a JSON string. Keys read from the payload (`parsed`, the
+/// borrowed ones) never need escapes: those payloads go the slow way. Keys
+/// from a path or a `Value` might.
+fn write_key(key: &[u8], parsed: bool, out: &mut Vec<u8>) {
+    if !parsed && key.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20) {
         // Only keys from paths get here, and paths are `str`s; writing a
         // `str` into a Vec cannot fail.
         if let Ok(key) = std::str::from_utf8(key) {
@@ -812,6 +833,17 @@ mod tests {
         }
         for accepted in [CORPUS[0], CORPUS[2], CORPUS[4], CORPUS[5]] {
             assert!(Object::parse(accepted.as_bytes()).is_ok(), "{accepted}");
+        }
+    }
+
+    #[test]
+    fn segments_split_as_str_split_does() {
+        for path in ["a", "a.b", "a.b.c", "", ".", "a..b", ".a", "a.", "é.ü"] {
+            assert_eq!(
+                segments(path).collect::<Vec<_>>(),
+                path.split('.').collect::<Vec<_>>(),
+                "{path:?}"
+            );
         }
     }
 
