@@ -55,9 +55,31 @@ fn check_tokens(subject: &str) -> Result<(), SubjectError> {
 
 /// Check that `subject` can be published to: non-empty tokens, no
 /// whitespace, no wildcards.
+///
+/// Every output of every message passes here, so it reads the bytes once
+/// (the same checks as [`check_tokens`] and then wildcards, in that order).
 pub fn validate_subject(subject: &str) -> Result<(), SubjectError> {
-    check_tokens(subject)?;
-    if subject.split('.').any(|t| t == "*" || t == ">") {
+    let bytes = subject.as_bytes();
+    let mut empty_token = bytes.is_empty();
+    let mut wildcard = false;
+    for token in bytes.split(|&b| b == b'.') {
+        empty_token |= token.is_empty();
+        wildcard |= token == b"*" || token == b">";
+    }
+    if empty_token {
+        return Err(SubjectError::EmptyToken(subject.to_owned()));
+    }
+    // In ASCII, whitespace and control characters are exactly the bytes up
+    // to the space, and DEL.
+    let bad_character = if bytes.is_ascii() {
+        bytes.iter().any(|&b| b <= b' ' || b == 0x7f)
+    } else {
+        subject.chars().any(|c| c.is_whitespace() || c.is_control())
+    };
+    if bad_character {
+        return Err(SubjectError::BadCharacter(subject.to_owned()));
+    }
+    if wildcard {
         return Err(SubjectError::Wildcard(subject.to_owned()));
     }
     Ok(())
@@ -242,6 +264,23 @@ mod tests {
         assert!(matches("a.b", "a.b"));
         assert!(!matches("a.b", "a.b.c"));
         assert!(!matches("a.b.c", "a.b"));
+    }
+
+    #[test]
+    fn the_one_pass_check_agrees_with_the_token_checks() {
+        for subject in [
+            "a", "a.b", "", ".", "a.", ".a", "a..b", "a b", "a\tb", "a\x7fb", "a\u{85}b",
+            "a\u{a0}b", "é.ü", "a.*", "*", ">", "a.>", "a.*b", "a\x01.*",
+        ] {
+            let expected = check_tokens(subject).and_then(|()| {
+                if subject.split('.').any(|t| t == "*" || t == ">") {
+                    Err(SubjectError::Wildcard(subject.to_owned()))
+                } else {
+                    Ok(())
+                }
+            });
+            assert_eq!(validate_subject(subject), expected, "{subject:?}");
+        }
     }
 
     #[test]
