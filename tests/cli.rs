@@ -248,6 +248,8 @@ fn bench_processes_every_message_and_writes_complete_json() {
         "1s",
         "--tenants",
         "2",
+        "--latency-load",
+        "0.25",
     ])
     .arg("--json")
     .arg(&json_path)
@@ -283,6 +285,16 @@ fn bench_processes_every_message_and_writes_complete_json() {
     assert_eq!(v["messages"], 2000);
     assert_eq!(v["payload_bytes"], 256);
     assert_eq!(v["stages"], 3);
+    assert_eq!(v["latency_load"], 0.25);
+    // The latency phase published at a quarter of each system's peak.
+    for system in ["sluice", "baseline"] {
+        let peak = v[system]["msgs_per_sec"].as_f64().unwrap();
+        let rate = v[system]["latency_rate"].as_f64().unwrap();
+        assert!(
+            (rate - (peak * 0.25).max(1.0)).abs() < 1e-6,
+            "{system}: {v}"
+        );
+    }
     assert_eq!(v["sluice"]["processed"], 2000, "{v}");
     assert_eq!(v["baseline"]["processed"], 2000, "{v}");
     assert!(v["sluice_msgs_per_sec"].as_f64().unwrap() > 0.0);

@@ -5,7 +5,8 @@
 //!
 //! Each system runs two phases on its own streams: *throughput* (N messages
 //! published beforehand, timed from the first pull to the last settle) and
-//! *latency* (messages published at half of that system's measured peak for
+//! *latency* (messages published at half of that system's measured peak, or
+//! the share `--latency-load` gives, for
 //! a few seconds, each timed from JetStream storing the input to the
 //! output's PubAck). The machine is shared and noisy, so the figure that
 //! matters is the ratio measured in the same run.
@@ -62,12 +63,28 @@ pub struct BenchArgs {
     /// Length of each latency phase.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     latency_phase: Duration,
+    /// The latency phase publishes at this share of each system's measured
+    /// peak (0.5: half of peak). Lower shares show the latency of a system
+    /// with headroom; the phase's own publishing competes for the same
+    /// machine.
+    #[arg(long, default_value_t = 0.5, value_parser = share)]
+    latency_load: f64,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
     /// Draw throughput over time and the latency distributions (SVG).
     #[arg(long)]
     plot: Option<PathBuf>,
+}
+
+/// A `--latency-load` share: above 0, at most 1.
+fn share(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 1.0 => Ok(x),
+        _ => Err(format!(
+            "expected a share of peak above 0 and at most 1, got `{raw}`"
+        )),
+    }
 }
 
 /// One system's results.
@@ -77,7 +94,8 @@ pub struct SystemResult {
     pub processed: u64,
     /// Throughput: messages per second from first pull to last settle.
     pub msgs_per_sec: f64,
-    /// Latency percentiles at half of peak throughput, milliseconds.
+    /// Latency percentiles at the latency phase's share of peak
+    /// throughput, milliseconds.
     pub p50_ms: f64,
     /// 90th percentile.
     pub p90_ms: f64,
@@ -110,13 +128,16 @@ pub struct Report {
     pub stages: usize,
     /// In-flight messages per tenant.
     pub max_in_flight: usize,
+    /// The latency phases' share of each system's peak.
+    pub latency_load: f64,
     /// Sluice's throughput.
     pub sluice_msgs_per_sec: f64,
     /// The baseline's throughput.
     pub baseline_msgs_per_sec: f64,
     /// sluice / baseline.
     pub ratio: f64,
-    /// Sluice's p50 latency at half of its peak, ms.
+    /// Sluice's p50 latency at `latency_load` of its peak (half by
+    /// default), ms.
     pub p50_ms: f64,
     /// Sluice's p90.
     pub p90_ms: f64,
@@ -191,6 +212,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         tenants: args.tenants,
         stages,
         max_in_flight: args.max_in_flight,
+        latency_load: args.latency_load,
         sluice_msgs_per_sec: sluice.msgs_per_sec,
         baseline_msgs_per_sec: baseline.msgs_per_sec,
         ratio,
@@ -428,9 +450,9 @@ async fn run_baseline(
         ..Default::default()
     };
     result.msgs_per_sec = rate_of(&shared.stats, result.processed);
-    // Latency at half of peak.
+    // Latency at a share of peak.
     reset_latency(&shared.stats);
-    let rate = (result.msgs_per_sec / 2.0).max(1.0);
+    let rate = (result.msgs_per_sec * args.latency_load).max(1.0);
     let before = done(&shared);
     let sent = publish_apart(url, &setup.inputs, rate, args.latency_phase, payload).await?;
     wait_done(before + sent, "", || done(&shared)).await?;
@@ -631,7 +653,7 @@ async fn run_sluice(
     for t in tenants.values() {
         reset_latency(&t.stats);
     }
-    let rate = (result.msgs_per_sec / 2.0).max(1.0);
+    let rate = (result.msgs_per_sec * args.latency_load).max(1.0);
     let before = settled(&service);
     let sent = publish_apart(url, inputs, rate, args.latency_phase, payload).await?;
     wait_done(before + sent, "", || settled(&service)).await?;
@@ -880,7 +902,10 @@ fn plot(r: &Report) -> String {
     panel(
         &mut svg,
         h + 20.0,
-        "Latency at half of peak throughput",
+        &format!(
+            "Latency at {:.0} % of peak throughput",
+            r.latency_load * 100.0
+        ),
         "percentile",
         "ms",
         &[
