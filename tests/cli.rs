@@ -250,6 +250,8 @@ fn bench_processes_every_message_and_writes_complete_json() {
         "2",
         "--latency-load",
         "0.25",
+        "--rounds",
+        "2",
     ])
     .arg("--json")
     .arg(&json_path)
@@ -286,6 +288,17 @@ fn bench_processes_every_message_and_writes_complete_json() {
     assert_eq!(v["payload_bytes"], 256);
     assert_eq!(v["stages"], 3);
     assert_eq!(v["latency_load"], 0.25);
+    // Two rounds, each listed; the details are the median round's.
+    let rounds = v["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2, "{v}");
+    let median = v["median_round"].as_u64().unwrap() as usize;
+    assert!((1..=2).contains(&median), "{v}");
+    assert_eq!(rounds[median - 1]["ratio"], v["ratio"], "{v}");
+    assert!(
+        rounds
+            .iter()
+            .all(|r| r["sluice_msgs_per_sec"].as_f64().unwrap() > 0.0)
+    );
     // The latency phase published at a quarter of each system's peak.
     for system in ["sluice", "baseline"] {
         let peak = v[system]["msgs_per_sec"].as_f64().unwrap();

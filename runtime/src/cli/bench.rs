@@ -69,6 +69,11 @@ pub struct BenchArgs {
     /// machine.
     #[arg(long, default_value_t = 0.5, value_parser = share)]
     latency_load: f64,
+    /// Run both systems this many times, alternating, each round on fresh
+    /// streams; the report is the round with the median ratio, and lists
+    /// every round. On a shared, noisy machine one round can be far off.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -147,6 +152,11 @@ pub struct Report {
     pub max_ms: f64,
     /// Peak resident memory of this process (host + baseline + driver), MiB.
     pub peak_rss_mib: f64,
+    /// Which round (from 1) the figures above and the details below are
+    /// from: the one with the median ratio.
+    pub median_round: usize,
+    /// Every round's main figures, in the order they ran.
+    pub rounds: Vec<RoundSummary>,
     /// Sluice in detail.
     pub sluice: SystemResult,
     /// The baseline in detail.
@@ -177,35 +187,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting to {url}"))?;
     let js = crate::source::jetstream(client.clone());
-    let run_id = format!("{:x}", now_micros() % 0xffff_ffff);
+    let bench_id = format!("{:x}", now_micros() % 0xffff_ffff);
     let payload = sample_payload(args.payload_bytes);
 
-    // Baseline first: its memory is small, so the peak RSS read after the
-    // host's phases is the host's.
-    let base = BaselineSetup::new(&js, &run_id, args.tenants).await?;
-    eprintln!(
-        "baseline: plain async-nats consume → publish → ack, {} tenants",
-        args.tenants
-    );
-    preload(&js, &base.inputs, args.messages, &payload).await?;
-    let mut baseline = run_baseline(&js, &url, &base, &args, &payload).await?;
-
-    let (config, inputs, stages) = sluice_config(&args, &url, &run_id)?;
-    eprintln!(
-        "sluice: {} stage(s) per tenant, {} tenants",
-        stages,
-        inputs.len()
-    );
-    let mut sluice = run_sluice(&js, &url, config, &inputs, &args, &payload).await?;
+    let mut rounds = Vec::new();
+    for round in 0..args.rounds {
+        if args.rounds > 1 {
+            eprintln!("round {} of {}", round + 1, args.rounds);
+        }
+        let run_id = format!("{bench_id}R{round}");
+        rounds.push(run_round(&js, &url, &args, &run_id, &payload).await?);
+    }
     let peak_rss_mib = peak_rss_mib();
-
+    let summaries: Vec<RoundSummary> = rounds.iter().map(Round::summary).collect();
+    // The median round by ratio (the lower one of an even count).
+    let mut order: Vec<usize> = (0..rounds.len()).collect();
+    order.sort_by(|&a, &b| rounds[a].ratio.total_cmp(&rounds[b].ratio));
+    let median = order[(order.len() - 1) / 2];
+    let Round {
+        ratio,
+        stages,
+        mut sluice,
+        mut baseline,
+    } = rounds.swap_remove(median);
     baseline.timeline.shrink_to_fit();
     sluice.timeline.shrink_to_fit();
-    let ratio = if baseline.msgs_per_sec > 0.0 {
-        sluice.msgs_per_sec / baseline.msgs_per_sec
-    } else {
-        0.0
-    };
     let report = Report {
         messages: args.messages,
         payload_bytes: payload.len(),
@@ -221,6 +227,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         p99_ms: sluice.p99_ms,
         max_ms: sluice.max_ms,
         peak_rss_mib,
+        median_round: median + 1,
+        rounds: summaries,
         sluice,
         baseline,
     };
@@ -233,16 +241,87 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         std::fs::write(path, plot(&report))
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    if args.url.is_some() {
-        // Leave a shared server as we found it.
-        let mut names: Vec<String> = base.streams();
-        names.extend(inputs.iter().flat_map(|i| i.streams.clone()));
-        for name in names {
-            let _ = js.delete_stream(&name).await;
-        }
-    }
     drop(server);
     Ok(())
+}
+
+/// One round: both systems, each on its own fresh streams.
+struct Round {
+    ratio: f64,
+    stages: usize,
+    sluice: SystemResult,
+    baseline: SystemResult,
+}
+
+/// A round's main figures, as the report lists them.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundSummary {
+    /// sluice / baseline throughput.
+    pub ratio: f64,
+    /// Sluice's throughput.
+    pub sluice_msgs_per_sec: f64,
+    /// The baseline's throughput.
+    pub baseline_msgs_per_sec: f64,
+    /// Sluice's p99 latency, ms.
+    pub sluice_p99_ms: f64,
+    /// The baseline's p99 latency, ms.
+    pub baseline_p99_ms: f64,
+}
+
+impl Round {
+    fn summary(&self) -> RoundSummary {
+        RoundSummary {
+            ratio: self.ratio,
+            sluice_msgs_per_sec: self.sluice.msgs_per_sec,
+            baseline_msgs_per_sec: self.baseline.msgs_per_sec,
+            sluice_p99_ms: self.sluice.p99_ms,
+            baseline_p99_ms: self.baseline.p99_ms,
+        }
+    }
+}
+
+/// The baseline, then sluice (the baseline's memory is small, so the peak
+/// RSS read after sluice's phases is the host's), then their streams are
+/// deleted so that a later round does not pay for this one's data.
+async fn run_round(
+    js: &jetstream::Context,
+    url: &str,
+    args: &BenchArgs,
+    run_id: &str,
+    payload: &[u8],
+) -> anyhow::Result<Round> {
+    let base = BaselineSetup::new(js, run_id, args.tenants).await?;
+    eprintln!(
+        "baseline: plain async-nats consume → publish → ack, {} tenants",
+        args.tenants
+    );
+    preload(js, &base.inputs, args.messages, payload).await?;
+    let baseline = run_baseline(js, url, &base, args, payload).await?;
+
+    let (config, inputs, stages) = sluice_config(args, url, run_id)?;
+    eprintln!(
+        "sluice: {} stage(s) per tenant, {} tenants",
+        stages,
+        inputs.len()
+    );
+    let sluice = run_sluice(js, url, config, &inputs, args, payload).await?;
+
+    let mut names: Vec<String> = base.streams();
+    names.extend(inputs.iter().flat_map(|i| i.streams.clone()));
+    for name in names {
+        let _ = js.delete_stream(&name).await;
+    }
+    let ratio = if baseline.msgs_per_sec > 0.0 {
+        sluice.msgs_per_sec / baseline.msgs_per_sec
+    } else {
+        0.0
+    };
+    Ok(Round {
+        ratio,
+        stages,
+        sluice,
+        baseline,
+    })
 }
 
 /// A JSON object of exactly `size` bytes (at least the fixed fields).
@@ -830,6 +909,14 @@ fn print_table(r: &Report) {
         println!("{name:<28} {x:>12.2} {y:>12.2} {:>8}", ratio(*x, *y));
     }
     println!("{:<28} {:>12.1}", "peak RSS (MiB, process)", r.peak_rss_mib);
+    if r.rounds.len() > 1 {
+        let ratios: Vec<String> = r.rounds.iter().map(|x| format!("{:.2}", x.ratio)).collect();
+        println!(
+            "ratio by round: {} (the table is round {}, the median)",
+            ratios.join(" "),
+            r.median_round
+        );
+    }
     println!(
         "processed: sluice {} / baseline {}",
         s.processed, b.processed
