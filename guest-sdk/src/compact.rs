@@ -254,8 +254,8 @@ fn segments(path: &str) -> impl Iterator<Item = &str> {
 /// from a path or a `Value` might.
 fn write_key(key: &[u8], parsed: bool, out: &mut Vec<u8>) {
     if !parsed && key.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20) {
-        // Only keys from paths get here, and paths are `str`s; writing a
-        // `str` into a Vec cannot fail.
+        // Only keys from paths or a `Value` get here, and both are `str`s;
+        // writing a `str` into a Vec cannot fail.
         if let Ok(key) = std::str::from_utf8(key) {
             let _ = serde_json::to_writer(&mut *out, key);
         }

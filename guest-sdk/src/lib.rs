@@ -253,8 +253,10 @@ pub mod __private {
         count: u32,
         deliveries: &[u8],
     ) -> Vec<u8> {
-        // Verdicts are mostly the messages again: start at their size.
-        let mut out = Vec::with_capacity(deliveries.len() + 8 * count as usize);
+        // Verdicts are mostly the messages again: start at their size. A
+        // delivery takes at least 32 bytes, which bounds a bogus count.
+        let mut out =
+            Vec::with_capacity(deliveries.len() + 8 * (count as usize).min(deliveries.len() / 32));
         let mut origin = Origin {
             tenant,
             stream,

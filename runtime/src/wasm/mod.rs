@@ -388,8 +388,9 @@ impl GuestInstance {
     /// Call `handle-batch` under one call's deadline: `msgs[j]` came from
     /// `origins[j]`, and all of those share one tenant and stream. A plugin
     /// without the batch call gets one `handle` call per message instead.
-    /// After an `Err` the instance's state is undefined: drop it. A batch
-    /// call that returns the wrong number of verdicts is a trap.
+    /// After an `Err` the instance's state is undefined: drop it. An answer
+    /// that is not exactly one well-formed verdict per message is a trap,
+    /// whose message says where the bytes stop making sense.
     pub fn handle_batch<M: Borrow<Message>>(
         &mut self,
         origins: &[&Origin],

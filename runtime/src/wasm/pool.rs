@@ -225,13 +225,17 @@ impl StageRunner {
         let outcomes = pipeline.chain.run_batch(&sources, |i, who, msgs| {
             let origins: Vec<&Origin> = who.iter().map(|&k| sources[k].0).collect();
             let result = self.call_batch(&pipeline.stages[i], &origins, msgs);
-            if let (Err(failure), true) = (&result, who.len() > 1) {
+            if who.len() > 1
+                && let Err(failure) = &result
+            {
                 failed = Some((i, failure.clone()));
             }
             result
         });
         let undecided = outcomes.iter().filter(|o| o.is_none()).count();
-        if let (Some((i, failure)), true) = (failed, undecided > 0) {
+        if undecided > 0
+            && let Some((i, failure)) = failed
+        {
             tracing::warn!(
                 tenant = %pipeline.chain.tenant,
                 plugin = %pipeline.stages[i].plugin.label,
