@@ -185,6 +185,24 @@ fn a_batch_answer_that_does_not_decode_fails_the_batch_and_each_message_runs_alo
 }
 
 #[test]
+fn a_plugin_whose_batch_export_has_another_shape_gets_one_call_per_message() {
+    // Built against an older WIT whose `handle-batch` took typed
+    // deliveries: it loads, and its `handle` serves every message.
+    let pipeline = pipeline(&[("oldbatch", &[]), ("echo", &[])]);
+    assert!(!pipeline.stages[0].plugin.batches());
+    assert!(pipeline.stages[1].plugin.batches());
+    let items = items(&["a", "b", "c"]);
+    let (outcomes, reruns): (Vec<Outcome>, Vec<bool>) = StageRunner::default()
+        .run_batch_noting_reruns(&pipeline, &items)
+        .into_iter()
+        .unzip();
+    assert_eq!(reruns, [false; 3]);
+    for (outcome, (_, msg)) in outcomes.iter().zip(&items) {
+        assert_eq!(outputs(outcome)[0].payload, msg.payload);
+    }
+}
+
+#[test]
 fn a_batch_past_its_deadline_ends_in_each_message_s_own_deadline() {
     let pipeline = pipeline(&[("spin", &[])]);
     let outcomes = StageRunner::default().run_batch(&pipeline, &items(&["a", "b"]));

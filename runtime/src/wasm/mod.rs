@@ -19,7 +19,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker, types::ComponentItem};
+use wasmtime::component::types::{ComponentItem, Type};
+use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, Trap};
 
 use crate::message::{Message, Origin, Verdict};
@@ -541,11 +542,25 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(not_handler)?;
-        // A component that exports `batch` but with another shape is simply
-        // called one message at a time, like any `handler`.
-        let pre = match BatchHandlerPre::new(pre.clone()) {
-            Ok(batch) => Pre::Batch(batch),
-            Err(_) => Pre::Single(HandlerPre::new(pre).map_err(not_handler)?),
+        // A component that exports `batch` but with another shape (built
+        // against another version of the WIT) is simply called one message
+        // at a time, like any `handler`; the operator hears why.
+        // The bindings check that the export exists, not its signature (a
+        // wrong one would only fail at instantiation), so it is checked here.
+        let batch = match batch_export(&self.engine, &component) {
+            BatchExport::Absent => None,
+            BatchExport::Mismatched(why) => {
+                tracing::warn!(
+                    plugin = name,
+                    "the plugin's `batch` export does not match this host's ({why}); it gets one `handle` call per message"
+                );
+                None
+            }
+            BatchExport::Matches => BatchHandlerPre::new(pre.clone()).ok(),
+        };
+        let pre = match batch {
+            Some(batch) => Pre::Batch(batch),
+            None => Pre::Single(HandlerPre::new(pre).map_err(not_handler)?),
         };
         Ok(Arc::new(Plugin {
             label: Arc::from(format!("{name}@{}", &digest[..12])),
@@ -566,6 +581,59 @@ impl Drop for Runtime {
         {
             let _ = t.join();
         }
+    }
+}
+
+/// What a component exports as this package's `batch` interface.
+enum BatchExport {
+    /// Nothing: a plain `handler`.
+    Absent,
+    /// `handle-batch` as this host calls it.
+    Matches,
+    /// Something else (another version of the WIT): why not.
+    Mismatched(String),
+}
+
+/// Check the component's `batch` export against the one `handle-batch`
+/// this host calls: `(string, string, u32, list<u8>) -> list<u8>`.
+fn batch_export(engine: &Engine, component: &Component) -> BatchExport {
+    let ty = component.component_type();
+    let Some(instance) = ty
+        .exports(engine)
+        .find(|(name, _)| name.starts_with("sluice:pipeline/batch"))
+        .map(|(_, item)| item.ty)
+    else {
+        return BatchExport::Absent;
+    };
+    let ComponentItem::ComponentInstance(instance) = instance else {
+        return BatchExport::Mismatched("`batch` is not an interface".into());
+    };
+    let Some(func) = instance
+        .exports(engine)
+        .find(|(name, _)| *name == "handle-batch")
+        .map(|(_, item)| item.ty)
+    else {
+        return BatchExport::Mismatched("no `handle-batch` function".into());
+    };
+    let ComponentItem::ComponentFunc(func) = func else {
+        return BatchExport::Mismatched("`handle-batch` is not a function".into());
+    };
+    let bytes = |t: &Type| matches!(t, Type::List(list) if matches!(list.ty(), Type::U8));
+    let params: Vec<Type> = func.params().map(|(_, t)| t).collect();
+    let results: Vec<Type> = func.results().collect();
+    let params_match = matches!(
+        params.as_slice(),
+        [Type::String, Type::String, Type::U32, last] if bytes(last)
+    );
+    let results_match = matches!(results.as_slice(), [only] if bytes(only));
+    if params_match && results_match {
+        BatchExport::Matches
+    } else {
+        BatchExport::Mismatched(format!(
+            "`handle-batch` takes {} parameters and returns {} results, not (string, string, u32, list<u8>) -> list<u8>",
+            params.len(),
+            results.len()
+        ))
     }
 }
 
