@@ -70,6 +70,19 @@ fn failure(outcome: &Outcome) -> &GuestFailure {
     }
 }
 
+/// The items run as a batch on `runner`: each one's outcome, and whether it
+/// ran again alone because its batch call failed.
+fn together(
+    runner: &mut StageRunner,
+    pipeline: &Pipeline,
+    items: &[(Origin, Arc<Message>)],
+) -> (Vec<Outcome>, Vec<bool>) {
+    runner
+        .run_batch_noting_reruns(pipeline, items)
+        .into_iter()
+        .unzip()
+}
+
 /// Each message run on its own, on a runner of its own.
 fn one_at_a_time(pipeline: &Pipeline, items: &[(Origin, Arc<Message>)]) -> Vec<Outcome> {
     let mut runner = StageRunner::default();
@@ -94,10 +107,7 @@ fn a_batch_decides_every_message_as_a_call_of_its_own_would() {
         r#"{"id":1}"#,
         "origin",
     ]);
-    let (batched, reruns): (Vec<Outcome>, Vec<bool>) = StageRunner::default()
-        .run_batch_noting_reruns(&pipeline, &items)
-        .into_iter()
-        .unzip();
+    let (batched, reruns) = together(&mut StageRunner::default(), &pipeline, &items);
     assert_eq!(batched, one_at_a_time(&pipeline, &items));
     assert!(reruns.iter().all(|r| !r), "no batch call failed");
     // The verdict guest publishes under the tenant it was given, and the
@@ -149,10 +159,7 @@ fn a_trap_in_a_batch_fails_only_its_own_message() {
     let pipeline = pipeline(&[("counter", &[])]);
     let items = items(&["a", "b", "boom", "c"]);
     let mut runner = StageRunner::default();
-    let (outcomes, reruns): (Vec<Outcome>, Vec<bool>) = runner
-        .run_batch_noting_reruns(&pipeline, &items)
-        .into_iter()
-        .unzip();
+    let (outcomes, reruns) = together(&mut runner, &pipeline, &items);
     // The batch call trapped, so all four ran again, one at a time.
     assert_eq!(reruns, [true; 4]);
     for k in [0, 1, 3] {
@@ -171,10 +178,7 @@ fn a_batch_answer_that_does_not_decode_fails_the_batch_and_each_message_runs_alo
         let pipeline = pipeline(&[("garble", &[("mode", mode)])]);
         assert!(pipeline.stages[0].plugin.batches());
         let items = items(&["a", "b", "c"]);
-        let (outcomes, reruns): (Vec<Outcome>, Vec<bool>) = StageRunner::default()
-            .run_batch_noting_reruns(&pipeline, &items)
-            .into_iter()
-            .unzip();
+        let (outcomes, reruns) = together(&mut StageRunner::default(), &pipeline, &items);
         // The garbled acks are never taken for verdicts: each message ran
         // again through `handle`, which passes it on to the output.
         assert_eq!(reruns, [true; 3], "mode {mode}");
@@ -192,10 +196,7 @@ fn a_plugin_whose_batch_export_has_another_shape_gets_one_call_per_message() {
     assert!(!pipeline.stages[0].plugin.batches());
     assert!(pipeline.stages[1].plugin.batches());
     let items = items(&["a", "b", "c"]);
-    let (outcomes, reruns): (Vec<Outcome>, Vec<bool>) = StageRunner::default()
-        .run_batch_noting_reruns(&pipeline, &items)
-        .into_iter()
-        .unzip();
+    let (outcomes, reruns) = together(&mut StageRunner::default(), &pipeline, &items);
     assert_eq!(reruns, [false; 3]);
     for (outcome, (_, msg)) in outcomes.iter().zip(&items) {
         assert_eq!(outputs(outcome)[0].payload, msg.payload);

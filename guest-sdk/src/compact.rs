@@ -380,6 +380,7 @@ fn plain_float_prints_as_written(text: &[u8], int_digits: usize, frac_digits: us
     } else {
         text
     };
+    // Nothing but the digits and the point: no exponent.
     digits.len() == int_digits + 1 + frac_digits
         && frac_digits > 0
         && int_digits + frac_digits <= 15

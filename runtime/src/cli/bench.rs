@@ -6,9 +6,8 @@
 //! Each system runs two phases on its own streams: *throughput* (N messages
 //! published beforehand, timed from the first pull to the last settle) and
 //! *latency* (messages published at half of that system's measured peak, or
-//! the share `--latency-load` gives, for
-//! a few seconds, each timed from JetStream storing the input to the
-//! output's PubAck). The machine is shared and noisy, so the figure that
+//! the share `--latency-load` gives, for a few seconds, each timed from
+//! JetStream storing the input to the output's PubAck). The machine is shared and noisy, so the figure that
 //! matters is the ratio measured in the same run.
 
 use std::collections::BTreeMap;
@@ -202,14 +201,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let summaries: Vec<RoundSummary> = rounds.iter().map(Round::summary).collect();
     // The median round by ratio (the lower one of an even count).
     let mut order: Vec<usize> = (0..rounds.len()).collect();
-    order.sort_by(|&a, &b| rounds[a].ratio.total_cmp(&rounds[b].ratio));
+    order.sort_by(|&a, &b| rounds[a].ratio().total_cmp(&rounds[b].ratio()));
     let median = order[(order.len() - 1) / 2];
+    let round = rounds.swap_remove(median);
+    let ratio = round.ratio();
     let Round {
-        ratio,
         stages,
         mut sluice,
         mut baseline,
-    } = rounds.swap_remove(median);
+    } = round;
     baseline.timeline.shrink_to_fit();
     sluice.timeline.shrink_to_fit();
     let report = Report {
@@ -247,7 +247,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 /// One round: both systems, each on its own fresh streams.
 struct Round {
-    ratio: f64,
     stages: usize,
     sluice: SystemResult,
     baseline: SystemResult,
@@ -269,9 +268,18 @@ pub struct RoundSummary {
 }
 
 impl Round {
+    /// sluice / baseline throughput.
+    fn ratio(&self) -> f64 {
+        if self.baseline.msgs_per_sec > 0.0 {
+            self.sluice.msgs_per_sec / self.baseline.msgs_per_sec
+        } else {
+            0.0
+        }
+    }
+
     fn summary(&self) -> RoundSummary {
         RoundSummary {
-            ratio: self.ratio,
+            ratio: self.ratio(),
             sluice_msgs_per_sec: self.sluice.msgs_per_sec,
             baseline_msgs_per_sec: self.baseline.msgs_per_sec,
             sluice_p99_ms: self.sluice.p99_ms,
@@ -311,13 +319,7 @@ async fn run_round(
     for name in names {
         let _ = js.delete_stream(&name).await;
     }
-    let ratio = if baseline.msgs_per_sec > 0.0 {
-        sluice.msgs_per_sec / baseline.msgs_per_sec
-    } else {
-        0.0
-    };
     Ok(Round {
-        ratio,
         stages,
         sluice,
         baseline,

@@ -400,12 +400,11 @@ impl GuestInstance {
         let (Exports::Batch(h), Some(first)) = (&self.handler, origins.first()) else {
             return self.handle_each(origins, msgs);
         };
-        let mut packed = std::mem::take(&mut self.packed);
-        packed.clear();
-        if wire::encode_deliveries(&mut packed, origins, msgs).is_err() {
+        // Reused from batch to batch, so encoding rarely allocates.
+        self.packed.clear();
+        if wire::encode_deliveries(&mut self.packed, origins, msgs).is_err() {
             // Past the format's 4 GiB lengths: one message at a time, each of
             // which then fails on its own.
-            self.packed = packed;
             return self.handle_each(origins, msgs);
         }
         let n = msgs.len();
@@ -414,15 +413,12 @@ impl GuestInstance {
         let count = u32::try_from(n).unwrap_or(u32::MAX);
         self.store
             .set_epoch_deadline(deadline_ticks(self.plugin.limits.deadline));
-        let result = call_batch(
+        call_batch(
             &mut self.store,
             h,
-            (&first.tenant, &first.stream, count, &packed),
+            (&first.tenant, &first.stream, count, &self.packed),
             n,
-        );
-        // Kept for the next batch, so its encoding rarely allocates.
-        self.packed = packed;
-        result
+        )
     }
 
     /// One `handle` call per message, for a batch this instance cannot take
@@ -542,11 +538,11 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(not_handler)?;
-        // A component that exports `batch` but with another shape (built
-        // against another version of the WIT) is simply called one message
-        // at a time, like any `handler`; the operator hears why.
-        // The bindings check that the export exists, not its signature (a
-        // wrong one would only fail at instantiation), so it is checked here.
+        // The bindings check that a `batch` export exists, not its signature
+        // (a wrong one would only fail at instantiation), so it is checked
+        // here. One of another shape (built against another version of the
+        // WIT) is called one message at a time, like any `handler`, and the
+        // operator hears why.
         let batch = match batch_export(&self.engine, &component) {
             BatchExport::Absent => None,
             BatchExport::Mismatched(why) => {

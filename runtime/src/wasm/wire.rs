@@ -63,13 +63,8 @@ fn bytes(out: &mut Vec<u8>, b: &[u8]) -> Result<(), TooLarge> {
 /// Decode exactly `count` verdicts that fill `buf`; the error says what is
 /// wrong and at which byte. Payloads are cut from `buf`, not copied.
 pub fn decode_verdicts(buf: Vec<u8>, count: usize) -> Result<Vec<Verdict>, String> {
-    let shared = Bytes::from(buf);
-    let buf = &shared[..];
-    let mut r = Reader {
-        shared: &shared,
-        buf,
-        at: 0,
-    };
+    let buf = Bytes::from(buf);
+    let mut r = Reader { buf: &buf, at: 0 };
     // Every verdict takes at least its tag byte, so a count past the buffer's
     // length is an error found below, never a huge allocation here.
     let mut verdicts = Vec::with_capacity(count.min(buf.len()));
@@ -87,9 +82,8 @@ pub fn decode_verdicts(buf: Vec<u8>, count: usize) -> Result<Vec<Verdict>, Strin
 }
 
 struct Reader<'a> {
-    /// The buffer, for cutting payloads from.
-    shared: &'a Bytes,
-    buf: &'a [u8],
+    /// The answer; payloads are cut from it.
+    buf: &'a Bytes,
     at: usize,
 }
 
@@ -100,7 +94,8 @@ impl<'a> Reader<'a> {
             .checked_add(n)
             .filter(|&end| end <= self.buf.len())
             .ok_or_else(|| format!("{n} bytes wanted at byte {} of {}", self.at, self.buf.len()))?;
-        let b = &self.buf[self.at..end];
+        let buf: &'a Bytes = self.buf;
+        let b = &buf[self.at..end];
         self.at = end;
         Ok(b)
     }
@@ -143,7 +138,7 @@ impl<'a> Reader<'a> {
         for _ in 0..n {
             headers.push((self.string()?, self.string()?));
         }
-        let payload = self.shared.slice_ref(self.bytes()?);
+        let payload = self.buf.slice_ref(self.bytes()?);
         Ok(Message {
             subject,
             headers,
