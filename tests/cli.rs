@@ -307,6 +307,10 @@ fn bench_processes_every_message_and_writes_complete_json() {
             (rate - (peak * 0.25).max(1.0)).abs() < 1e-6,
             "{system}: {v}"
         );
+        assert!(
+            v[system]["latency_messages"].as_u64().unwrap() > 0,
+            "{system}: {v}"
+        );
     }
     assert_eq!(v["sluice"]["processed"], 2000, "{v}");
     assert_eq!(v["baseline"]["processed"], 2000, "{v}");
