@@ -304,7 +304,7 @@ async fn run_round(
     let run_id = format!("{bench_id}R{round}");
     // Odd rounds run sluice first, so that neither system is always the
     // one measured on a server that has run longer.
-    let (baseline, (sluice, stages)) = if round % 2 == 0 {
+    let (baseline, (sluice, stages)) = if round.is_multiple_of(2) {
         let baseline = baseline_system(js, url, args, &run_id, payload).await?;
         (
             baseline,
