@@ -65,7 +65,7 @@ fn origin() -> Origin {
         stream: "ACME".into(),
         stream_seq: 1,
         delivered: 1,
-        published_ms: 0,
+        published_us: 0,
     }
 }
 

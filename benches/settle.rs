@@ -122,7 +122,7 @@ fn settle(c: &mut Criterion) {
                                 stream: info.stream.to_owned(),
                                 stream_seq: info.stream_sequence,
                                 delivered: 1,
-                                published_ms: 0,
+                                published_us: 0,
                             };
                             let source = Message {
                                 subject: msg.subject.to_string(),

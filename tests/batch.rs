@@ -46,7 +46,7 @@ fn items(payloads: &[&str]) -> Vec<(Origin, Arc<Message>)> {
             let mut o = origin("acme");
             o.stream_seq = 100 + k as u64;
             o.delivered = 1 + k as u32 % 3;
-            o.published_ms = 1_700_000_000_000 + k as u64;
+            o.published_us = (1_700_000_000_000 + k as u64) * 1000;
             (o, Arc::new(msg("acme.in.orders", p)))
         })
         .collect()

@@ -56,7 +56,7 @@ pub fn origin(tenant: &str) -> Origin {
         stream: "IN".into(),
         stream_seq: 1,
         delivered: 1,
-        published_ms: 0,
+        published_us: 0,
     }
 }
 

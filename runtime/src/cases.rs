@@ -146,7 +146,7 @@ fn run_case(plugin: &Arc<Plugin>, case: &Case) -> Result<(), String> {
         stream: case.origin.stream.clone().unwrap_or_else(|| "IN".into()),
         stream_seq: case.origin.stream_seq.unwrap_or(1),
         delivered: case.origin.delivered.unwrap_or(1),
-        published_ms: case.origin.published_ms.unwrap_or(0),
+        published_us: case.origin.published_ms.unwrap_or(0).saturating_mul(1000),
     };
     let config: Vec<(String, String)> = case
         .config

@@ -70,8 +70,17 @@ pub struct Origin {
     pub stream_seq: u64,
     /// Delivery count, 1 on the first delivery.
     pub delivered: u32,
-    /// When JetStream stored it, ms since the Unix epoch.
-    pub published_ms: u64,
+    /// When JetStream stored it, µs since the Unix epoch. Guests see it in
+    /// ms ([`Origin::published_ms`]); the host keeps µs so that the latency
+    /// it records is not rounded up by as much as a millisecond.
+    pub published_us: u64,
+}
+
+impl Origin {
+    /// When JetStream stored it, ms since the Unix epoch, as guests see it.
+    pub fn published_ms(&self) -> u64 {
+        self.published_us / 1000
+    }
 }
 
 /// A stage's decision, as in the WIT `verdict` variant.

@@ -418,7 +418,7 @@ mod tests {
             stream: "IN".into(),
             stream_seq: 7,
             delivered: 1,
-            published_ms: 0,
+            published_us: 0,
         }
     }
 

@@ -122,7 +122,7 @@ impl Sink {
                 Ok((count, duplicates)) => {
                     TenantStats::bump(&self.stats.published, 1);
                     TenantStats::bump(&self.stats.outputs, count - duplicates);
-                    self.stats.record_latency(micros_since(origin.published_ms));
+                    self.stats.record_latency(micros_since(origin.published_us));
                     self.ack(msg).await
                 }
                 Err(e) => {
@@ -283,10 +283,10 @@ impl Sink {
     }
 }
 
-/// Microseconds from `ms` (Unix epoch milliseconds) to now; 0 if the
+/// Microseconds from `us` (Unix epoch microseconds) to now; 0 if the
 /// clocks disagree.
-fn micros_since(ms: u64) -> u64 {
-    crate::telemetry::now_micros().saturating_sub(ms.saturating_mul(1000))
+fn micros_since(us: u64) -> u64 {
+    crate::telemetry::now_micros().saturating_sub(us)
 }
 
 /// Our header list as a NATS header map.

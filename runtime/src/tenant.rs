@@ -285,7 +285,7 @@ impl Tenant {
                     stream: info.stream.to_owned(),
                     stream_seq: info.stream_sequence,
                     delivered: u32::try_from(info.delivered).unwrap_or(u32::MAX),
-                    published_ms: u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000)
+                    published_us: u64::try_from(info.published.unix_timestamp_nanos() / 1_000)
                         .unwrap_or(0),
                 },
                 Err(e) => {

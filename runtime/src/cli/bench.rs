@@ -666,8 +666,8 @@ async fn baseline_loop(
                 let _permit = permit;
                 shared.stats.mark_received();
                 let Ok(info) = msg.info() else { return };
-                let published_ms =
-                    u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+                let published_us =
+                    u64::try_from(info.published.unix_timestamp_nanos() / 1_000).unwrap_or(0);
                 let mut headers = msg.headers.clone().unwrap_or_default();
                 headers.insert(
                     "Nats-Msg-Id",
@@ -684,7 +684,7 @@ async fn baseline_loop(
                     let _ = msg.ack().await;
                     shared
                         .stats
-                        .record_latency(now_micros().saturating_sub(published_ms * 1000));
+                        .record_latency(now_micros().saturating_sub(published_us));
                     shared.done.fetch_add(1, Ordering::Relaxed);
                 } else {
                     let _ = msg.ack_with(AckKind::Nak(None)).await;

@@ -76,9 +76,9 @@ pub fn run(args: HandleArgs) -> anyhow::Result<()> {
         .iter()
         .map(|h| key_value(h, "--header"))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let published_ms = SystemTime::now()
+    let published_us = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
 
     let result = if let Some(path) = &args.plugin {
         let tenant = args.tenant.clone().unwrap_or_else(|| "demo".to_owned());
@@ -102,7 +102,7 @@ pub fn run(args: HandleArgs) -> anyhow::Result<()> {
             memory: args.memory,
         };
         let plugin = runtime.load_file(&name, path, limits)?;
-        let origin = origin(&args, &tenant, published_ms);
+        let origin = origin(&args, &tenant, published_us);
         let msg = Message {
             subject,
             headers,
@@ -133,7 +133,7 @@ pub fn run(args: HandleArgs) -> anyhow::Result<()> {
         let runtime = Arc::new(Runtime::new(super::cache_dir(Some(&config)))?);
         let registry = Registry::load(runtime, &config)?;
         let pipeline = Arc::new(registry.pipeline(&config, &tenant)?);
-        let origin = origin(&args, &tenant, published_ms);
+        let origin = origin(&args, &tenant, published_us);
         let msg = Message {
             subject,
             headers,
@@ -149,13 +149,13 @@ pub fn run(args: HandleArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn origin(args: &HandleArgs, tenant: &str, published_ms: u64) -> Origin {
+fn origin(args: &HandleArgs, tenant: &str, published_us: u64) -> Origin {
     Origin {
         tenant: tenant.to_owned(),
         stream: args.stream.clone(),
         stream_seq: args.seq,
         delivered: args.delivered,
-        published_ms,
+        published_us,
     }
 }
 

@@ -51,7 +51,7 @@ impl From<&message::Origin> for wit::Origin {
             stream: o.stream.clone(),
             stream_seq: o.stream_seq,
             delivered: o.delivered,
-            published_ms: o.published_ms,
+            published_ms: o.published_ms(),
         }
     }
 }

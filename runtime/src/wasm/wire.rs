@@ -32,7 +32,7 @@ pub fn encode_deliveries<M: Borrow<Message>>(
         let msg = msg.borrow();
         out.extend_from_slice(&origin.stream_seq.to_le_bytes());
         out.extend_from_slice(&origin.delivered.to_le_bytes());
-        out.extend_from_slice(&origin.published_ms.to_le_bytes());
+        out.extend_from_slice(&origin.published_ms().to_le_bytes());
         encode_message(out, msg)?;
     }
     Ok(())
@@ -195,7 +195,7 @@ mod tests {
             stream: "IN".into(),
             stream_seq: 7,
             delivered: 2,
-            published_ms: 0x0102,
+            published_us: 0x0102 * 1000 + 999,
         };
         let mut out = Vec::new();
         encode_deliveries(&mut out, &[&origin], &[msg("a.b", &[("K", "v")], b"xy")]).unwrap();
