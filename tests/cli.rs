@@ -238,6 +238,7 @@ fn bench_processes_every_message_and_writes_complete_json() {
     let dir = tempfile::tempdir().unwrap();
     let json_path = dir.path().join("out.json");
     let svg_path = dir.path().join("out.svg");
+    let trace_path = dir.path().join("trace.csv");
     let nats = crate::support::root().join(".tools/venv/bin/nats-server");
     let mut cmd = sluice();
     cmd.args([
@@ -256,7 +257,9 @@ fn bench_processes_every_message_and_writes_complete_json() {
     .arg("--json")
     .arg(&json_path)
     .arg("--plot")
-    .arg(&svg_path);
+    .arg(&svg_path)
+    .arg("--trace")
+    .arg(&trace_path);
     if nats.is_file() {
         cmd.arg("--nats-server").arg(&nats);
     }
@@ -267,6 +270,8 @@ fn bench_processes_every_message_and_writes_complete_json() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let trace = std::fs::read_to_string(&trace_path).unwrap();
+    assert!(trace.starts_with("system,at_s,latency_ms\n"), "{trace}");
     for key in [
         "messages",
         "payload_bytes",
@@ -307,16 +312,24 @@ fn bench_processes_every_message_and_writes_complete_json() {
             (rate - (peak * 0.25).max(1.0)).abs() < 1e-6,
             "{system}: {v}"
         );
-        assert!(
-            v[system]["latency_messages"].as_u64().unwrap() > 0,
-            "{system}: {v}"
-        );
+        let sent = v[system]["latency_messages"].as_u64().unwrap();
+        assert!(sent > 0, "{system}: {v}");
+        let over_time = v[system]["p99_over_time"].as_array().unwrap();
+        assert!(!over_time.is_empty(), "{system}: {v}");
+        // Every latency of the phase is in the trace, once.
+        let rows = trace
+            .lines()
+            .filter(|l| l.starts_with(&format!("{system},")))
+            .count();
+        assert_eq!(rows as u64, sent, "{system}");
     }
     assert_eq!(v["sluice"]["processed"], 2000, "{v}");
     assert_eq!(v["baseline"]["processed"], 2000, "{v}");
     assert!(v["sluice_msgs_per_sec"].as_f64().unwrap() > 0.0);
     let svg = std::fs::read_to_string(&svg_path).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+    // Three panels, each with both systems.
+    assert!(svg.starts_with("<svg"), "{svg}");
+    assert_eq!(svg.matches("<polyline").count(), 6, "{svg}");
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         table.contains("throughput (msg/s)") && table.contains("ratio"),

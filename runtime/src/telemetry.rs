@@ -36,7 +36,7 @@ pub struct TenantStats {
     /// End-to-end latency of published messages, in microseconds: from when
     /// JetStream stored the source to when the last output's PubAck came
     /// back.
-    pub latency: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
+    pub latency: std::sync::Mutex<Latencies>,
     /// Messages pulled from the tenant's consumer.
     pub received: AtomicU64,
     /// Sources acked after their outputs were confirmed (or with nothing to
@@ -103,6 +103,27 @@ pub struct StatsSnapshot {
     pub publish_errors: u64,
 }
 
+/// End-to-end latencies, in microseconds.
+#[derive(Debug)]
+pub struct Latencies {
+    /// Every latency recorded.
+    pub histogram: hdrhistogram::Histogram<u64>,
+    /// When set (`sluice bench` sets it for its latency phase), every
+    /// sample as well, in order: (µs since the Unix epoch when it was
+    /// recorded, latency µs). Shows *when* a tail happened, which a
+    /// histogram cannot.
+    pub trace: Option<Vec<(u64, u64)>>,
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies {
+            histogram: latency_histogram(),
+            trace: None,
+        }
+    }
+}
+
 /// Latencies are kept from 1 µs to 10 min at 3 significant digits: ~20 KB
 /// per tenant, and a slow minute still lands in the histogram.
 #[allow(clippy::expect_used)] // Constant, valid bounds: this cannot fail.
@@ -113,7 +134,7 @@ fn latency_histogram() -> hdrhistogram::Histogram<u64> {
 impl Default for TenantStats {
     fn default() -> Self {
         TenantStats {
-            latency: std::sync::Mutex::new(latency_histogram()),
+            latency: std::sync::Mutex::new(Latencies::default()),
             received: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             published: AtomicU64::new(0),
@@ -142,8 +163,11 @@ impl Default for TenantStats {
 impl TenantStats {
     /// Record one end-to-end latency.
     pub fn record_latency(&self, micros: u64) {
-        if let Ok(mut h) = self.latency.lock() {
-            h.saturating_record(micros.max(1));
+        if let Ok(mut l) = self.latency.lock() {
+            l.histogram.saturating_record(micros.max(1));
+            if let Some(trace) = &mut l.trace {
+                trace.push((now_micros(), micros));
+            }
         }
     }
 

@@ -77,9 +77,15 @@ pub struct BenchArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Draw throughput over time and the latency distributions (SVG).
+    /// Draw throughput over time, the latency distributions and the p99
+    /// over time (SVG).
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Write every latency of the reported round's latency phases as CSV
+    /// (`system,at_s,latency_ms`; `at_s` in seconds since that phase's first
+    /// settle), to line a tail up with what else happened then.
+    #[arg(long)]
+    trace: Option<PathBuf>,
 }
 
 /// A `--latency-load` share: above 0, at most 1.
@@ -120,6 +126,13 @@ pub struct SystemResult {
     /// Latency percentile curve (percentile, ms).
     #[serde(skip)]
     pub curve: Vec<(f64, f64)>,
+    /// The latency phase's p99 in each 100 ms (seconds since the phase's
+    /// first settle, ms).
+    pub p99_over_time: Vec<(f64, f64)>,
+    /// Every latency of the latency phase: (µs since the Unix epoch when
+    /// it was recorded, latency µs).
+    #[serde(skip)]
+    pub trace: Vec<(u64, u64)>,
 }
 
 /// The whole report, as written by `--json`.
@@ -238,6 +251,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.trace {
+        std::fs::write(path, trace_csv(&report))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.plot {
         std::fs::write(path, plot(&report))
@@ -615,7 +632,7 @@ async fn run_baseline(
     let before = done(&shared);
     let sent = publish_apart(js, url, &setup.inputs, rate, args.latency_phase, payload).await?;
     wait_done(before + sent, "", || done(&shared)).await?;
-    fill_latency(&mut result, &shared.stats, rate, sent);
+    fill_latency(&mut result, &shared.stats, rate, sent, args.trace.is_some());
     stop.cancel();
     for l in loops {
         let _ = l.await;
@@ -818,13 +835,17 @@ async fn run_sluice(
     wait_done(before + sent, "", || settled(&service)).await?;
     let merged = TenantStats::default();
     if let Ok(mut into) = merged.latency.lock() {
+        let mut trace = Vec::new();
         for t in tenants.values() {
-            if let Ok(h) = t.stats.latency.lock() {
-                let _ = into.add(&*h);
+            if let Ok(mut l) = t.stats.latency.lock() {
+                let _ = into.histogram.add(&l.histogram);
+                trace.extend(l.trace.take().unwrap_or_default());
             }
         }
+        trace.sort_unstable();
+        into.trace = Some(trace);
     }
-    fill_latency(&mut result, &merged, rate, sent);
+    fill_latency(&mut result, &merged, rate, sent, args.trace.is_some());
     service.shutdown().await;
     Ok(result)
 }
@@ -902,16 +923,54 @@ fn rate_of(stats: &TenantStats, n: u64) -> f64 {
     per_second(n, first, last)
 }
 
+/// Start a latency phase: an empty histogram, and every sample traced.
 fn reset_latency(stats: &TenantStats) {
-    if let Ok(mut h) = stats.latency.lock() {
-        h.reset();
+    if let Ok(mut l) = stats.latency.lock() {
+        l.histogram.reset();
+        l.trace = Some(Vec::new());
     }
 }
 
-fn fill_latency(result: &mut SystemResult, stats: &TenantStats, rate: f64, sent: u64) {
+/// Window of the latency-over-time series.
+const WINDOW_US: u64 = 100_000;
+
+/// The p99 of each [`WINDOW_US`] of a latency trace, by when the samples
+/// were recorded: (seconds since the first sample, ms). A p99 over the
+/// whole phase cannot tell a steady tail from a few stalls; this can.
+fn p99_over_time(trace: &[(u64, u64)]) -> Vec<(f64, f64)> {
+    let Some(start) = trace.iter().map(|s| s.0).min() else {
+        return Vec::new();
+    };
+    let mut windows: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for &(at, micros) in trace {
+        windows
+            .entry((at - start) / WINDOW_US)
+            .or_default()
+            .push(micros);
+    }
+    windows
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_unstable();
+            let p99 = v[(v.len() * 99 / 100).min(v.len() - 1)];
+            ((k * WINDOW_US) as f64 / 1e6, p99 as f64 / 1000.0)
+        })
+        .collect()
+}
+
+/// Fill `result`'s latency figures from a finished latency phase; its
+/// trace is kept only for `--trace`.
+fn fill_latency(
+    result: &mut SystemResult,
+    stats: &TenantStats,
+    rate: f64,
+    sent: u64,
+    keep_trace: bool,
+) {
     result.latency_rate = rate;
     result.latency_messages = sent;
-    if let Ok(h) = stats.latency.lock() {
+    if let Ok(mut l) = stats.latency.lock() {
+        let h = &l.histogram;
         let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         result.p50_ms = ms(0.50);
         result.p90_ms = ms(0.90);
@@ -921,6 +980,11 @@ fn fill_latency(result: &mut SystemResult, stats: &TenantStats, rate: f64, sent:
             .iter()
             .map(|p| (*p, ms(p / 100.0)))
             .collect();
+        let trace = l.trace.take().unwrap_or_default();
+        result.p99_over_time = p99_over_time(&trace);
+        if keep_trace {
+            result.trace = trace;
+        }
     }
 }
 
@@ -1004,17 +1068,34 @@ fn print_table(r: &Report) {
     );
 }
 
+/// Both systems' latency traces as CSV.
+fn trace_csv(r: &Report) -> String {
+    let mut out = String::from("system,at_s,latency_ms\n");
+    for (name, result) in [("sluice", &r.sluice), ("baseline", &r.baseline)] {
+        let start = result.trace.first().map_or(0, |s| s.0);
+        for &(at, micros) in &result.trace {
+            let _ = writeln!(
+                out,
+                "{name},{:.6},{:.3}",
+                (at - start) as f64 / 1e6,
+                micros as f64 / 1000.0
+            );
+        }
+    }
+    out
+}
+
 /// One line of a plot: name, colour, points.
 type Series<'a> = (&'a str, &'a str, &'a [(f64, f64)]);
 
-/// Two panels as SVG: throughput over time, latency by percentile. Drawn by
-/// hand: two polylines per panel do not justify a plotting library and its
-/// font stack.
+/// Three panels as SVG: throughput over time, latency by percentile, p99
+/// over time. Drawn by hand: two polylines per panel do not justify a
+/// plotting library and its font stack.
 fn plot(r: &Report) -> String {
     let (w, h) = (800.0, 300.0);
     let mut svg = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{}" font-family="sans-serif" font-size="12">"#,
-        h * 2.0 + 40.0
+        h * 3.0 + 60.0
     );
     let panel = |svg: &mut String,
                  top: f64,
@@ -1079,6 +1160,17 @@ fn plot(r: &Report) -> String {
         &[
             ("sluice", "#1f77b4", &r.sluice.curve),
             ("baseline", "#ff7f0e", &r.baseline.curve),
+        ],
+    );
+    panel(
+        &mut svg,
+        2.0 * (h + 20.0),
+        "Latency p99 per 100 ms, over the latency phase",
+        "seconds",
+        "ms",
+        &[
+            ("sluice", "#1f77b4", &r.sluice.p99_over_time),
+            ("baseline", "#ff7f0e", &r.baseline.p99_over_time),
         ],
     );
     svg.push_str("</svg>\n");
