@@ -271,7 +271,7 @@ fn bench_processes_every_message_and_writes_complete_json() {
     );
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     let trace = std::fs::read_to_string(&trace_path).unwrap();
-    assert!(trace.starts_with("system,at_s,latency_ms\n"), "{trace}");
+    assert!(trace.starts_with("system,unix_s,latency_ms\n"), "{trace}");
     for key in [
         "messages",
         "payload_bytes",

@@ -82,8 +82,9 @@ pub struct BenchArgs {
     #[arg(long)]
     plot: Option<PathBuf>,
     /// Write every latency of the reported round's latency phases as CSV
-    /// (`system,at_s,latency_ms`; `at_s` in seconds since that phase's first
-    /// settle), to line a tail up with what else happened then.
+    /// (`system,unix_s,latency_ms`; `unix_s` is when it was recorded, in
+    /// seconds since the Unix epoch), to line a tail up with what else
+    /// happened then, such as the server's garbage collections.
     #[arg(long)]
     trace: Option<PathBuf>,
 }
@@ -1070,14 +1071,14 @@ fn print_table(r: &Report) {
 
 /// Both systems' latency traces as CSV.
 fn trace_csv(r: &Report) -> String {
-    let mut out = String::from("system,at_s,latency_ms\n");
+    let mut out = String::from("system,unix_s,latency_ms\n");
     for (name, result) in [("sluice", &r.sluice), ("baseline", &r.baseline)] {
-        let start = result.trace.first().map_or(0, |s| s.0);
         for &(at, micros) in &result.trace {
             let _ = writeln!(
                 out,
-                "{name},{:.6},{:.3}",
-                (at - start) as f64 / 1e6,
+                "{name},{}.{:06},{:.3}",
+                at / 1_000_000,
+                at % 1_000_000,
                 micros as f64 / 1000.0
             );
         }
