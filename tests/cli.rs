@@ -312,6 +312,13 @@ fn bench_processes_every_message_and_writes_complete_json() {
             (rate - (peak * 0.25).max(1.0)).abs() < 1e-6,
             "{system}: {v}"
         );
+        // The bench started the server, so it counts the server's CPU too.
+        for key in ["cpu_us_per_msg", "server_cpu_us_per_msg"] {
+            assert!(
+                v[system][key].as_f64().is_some_and(|x| x > 0.0),
+                "{system} {key}: {v}"
+            );
+        }
         let sent = v[system]["latency_messages"].as_u64().unwrap();
         assert!(sent > 0, "{system}: {v}");
         let over_time = v[system]["p99_over_time"].as_array().unwrap();

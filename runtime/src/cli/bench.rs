@@ -77,6 +77,10 @@ pub struct BenchArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// The process id of the nats-server this bench started, whose CPU it
+    /// then counts too (not an option: unknown with `--url`).
+    #[arg(skip)]
+    server_pid: Option<u32>,
     /// Draw throughput over time, the latency distributions and the p99
     /// over time (SVG).
     #[arg(long)]
@@ -123,6 +127,13 @@ pub struct SystemResult {
     /// consumers' start (for sluice, once its plugins are loaded) to the
     /// last settle.
     pub cpu_seconds: f64,
+    /// `cpu_seconds` per message settled, µs.
+    pub cpu_us_per_msg: f64,
+    /// nats-server's CPU time over the same span, seconds, when the bench
+    /// started the server (unknown with `--url`).
+    pub server_cpu_seconds: Option<f64>,
+    /// `server_cpu_seconds` per message settled, µs.
+    pub server_cpu_us_per_msg: Option<f64>,
     /// Throughput samples (seconds since start, messages per second).
     #[serde(skip)]
     pub timeline: Vec<(f64, f64)>,
@@ -186,7 +197,7 @@ const SAMPLE: Duration = Duration::from_millis(100);
 /// A phase that makes no progress for this long has failed.
 const STALL: Duration = Duration::from_secs(30);
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     if args.tenants == 0 || args.messages == 0 {
         bail!("--tenants and --messages must be at least 1");
     }
@@ -201,6 +212,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             (Some(server), url)
         }
     };
+    args.server_pid = server.as_ref().and_then(NatsServer::pid);
     let client = async_nats::connect(&url)
         .await
         .with_context(|| format!("connecting to {url}"))?;
@@ -622,15 +634,15 @@ async fn run_baseline(
             stop.clone(),
         )));
     }
-    let cpu = cpu_seconds();
+    let cpu = Cpu::now(args.server_pid);
     let done = |s: &Arc<BaseStats>| s.done.load(Ordering::Relaxed);
     let timeline = wait_done(args.messages, "baseline", || done(&shared)).await?;
     let mut result = SystemResult {
         processed: done(&shared),
-        cpu_seconds: cpu_seconds() - cpu,
         timeline,
         ..Default::default()
     };
+    cpu.fill(&mut result, args.server_pid);
     result.msgs_per_sec = rate_of(&shared.stats, result.processed);
     // Latency at a share of peak.
     reset_latency(&shared.stats);
@@ -816,7 +828,7 @@ async fn run_sluice(
     // Taken once the host has loaded its plugins, as the baseline's is
     // once its loops are spawned: loading is not per-message work (it was
     // 0.18 s, 7 % of a 200,000-message phase).
-    let cpu = cpu_seconds();
+    let cpu = Cpu::now(args.server_pid);
     let settled = |service: &Service| -> u64 {
         service
             .stats()
@@ -830,11 +842,11 @@ async fn run_sluice(
     let (first, last) = span_of(tenants.values().map(|t| &*t.stats));
     let mut result = SystemResult {
         processed,
-        cpu_seconds: cpu_seconds() - cpu,
         timeline,
         msgs_per_sec: per_second(processed, first, last),
         ..Default::default()
     };
+    cpu.fill(&mut result, args.server_pid);
     for t in tenants.values() {
         reset_latency(&t.stats);
     }
@@ -997,9 +1009,37 @@ fn fill_latency(
     }
 }
 
-/// User plus system CPU time of this process, from /proc (Linux).
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+/// CPU time of this process and of the server, at the start of a phase.
+struct Cpu {
+    process: f64,
+    server: Option<f64>,
+}
+
+impl Cpu {
+    fn now(server: Option<u32>) -> Self {
+        Cpu {
+            process: cpu_seconds("self"),
+            server: server.map(|pid| cpu_seconds(&pid.to_string())),
+        }
+    }
+
+    /// The CPU spent since `self`, in total and per settled message.
+    fn fill(&self, result: &mut SystemResult, server: Option<u32>) {
+        let per_msg = |s: f64| s / result.processed.max(1) as f64 * 1e6;
+        result.cpu_seconds = cpu_seconds("self") - self.process;
+        result.cpu_us_per_msg = per_msg(result.cpu_seconds);
+        if let (Some(pid), Some(before)) = (server, self.server) {
+            let spent = cpu_seconds(&pid.to_string()) - before;
+            result.server_cpu_seconds = Some(spent);
+            result.server_cpu_us_per_msg = Some(per_msg(spent));
+        }
+    }
+}
+
+/// User plus system CPU time of process `pid` ("self" for this one), from
+/// /proc (Linux); 0 where it cannot be read.
+fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
     // Fields after the command name (which may contain spaces) start at
@@ -1058,9 +1098,20 @@ fn print_table(r: &Report) {
             6,
             ("cpu seconds (throughput)", s.cpu_seconds, b.cpu_seconds),
         ),
+        (
+            7,
+            ("cpu µs per message", s.cpu_us_per_msg, b.cpu_us_per_msg),
+        ),
     ]);
     for (name, x, y) in rows.values() {
         println!("{name:<28} {x:>12.2} {y:>12.2} {:>8}", ratio(*x, *y));
+    }
+    if let (Some(x), Some(y)) = (s.server_cpu_us_per_msg, b.server_cpu_us_per_msg) {
+        println!(
+            "{:<28} {x:>12.2} {y:>12.2} {:>8}",
+            "nats-server µs per message",
+            ratio(x, y)
+        );
     }
     println!("{:<28} {:>12.1}", "peak RSS (MiB, process)", r.peak_rss_mib);
     if r.rounds.len() > 1 {
