@@ -196,6 +196,9 @@ pub struct Report {
 const SAMPLE: Duration = Duration::from_millis(100);
 /// A phase that makes no progress for this long has failed.
 const STALL: Duration = Duration::from_secs(30);
+/// How long the input streams may take to store the last of what the load
+/// generator sent.
+const STORE_WAIT: Duration = Duration::from_secs(5);
 
 pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     if args.tenants == 0 || args.messages == 0 {
@@ -534,13 +537,23 @@ async fn publish_apart(
         })
     })
     .await??;
-    let stored = stored(js, inputs).await?.saturating_sub(before);
+    // The generator's connection has written everything, but the server
+    // may still be storing the last of it: wait a little for the count.
     // More is fine (another publisher on a server given with `--url`);
-    // fewer means messages were lost.
-    if stored < sent {
-        bail!("the load generator published {sent} messages but the input streams stored {stored}");
+    // fewer, once the wait is over, means messages were lost.
+    let waited = Instant::now();
+    loop {
+        let stored = stored(js, inputs).await?.saturating_sub(before);
+        if stored >= sent {
+            return Ok(sent);
+        }
+        if waited.elapsed() > STORE_WAIT {
+            bail!(
+                "the load generator published {sent} messages but the input streams stored {stored}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Ok(sent)
 }
 
 /// Messages ever stored by the input streams (the first stream of each
@@ -600,7 +613,6 @@ async fn publish_at(
             sent += 1;
         }
     }
-    // The server has read everything once a flush's PING is answered.
     client.flush().await.context("load generator flush")?;
     Ok(sent)
 }
