@@ -44,9 +44,9 @@ pub enum SubjectError {
 }
 
 /// Non-empty tokens and no whitespace or control characters: what subjects
-/// and patterns share. Every output of every message passes here, so it reads bytes: in ASCII,
-/// whitespace and control characters are exactly the bytes up to the space,
-/// and DEL; other text is checked by character.
+/// and patterns share. Every output of every message passes here, so it
+/// reads bytes: in ASCII, whitespace and control characters are exactly the
+/// bytes up to the space, and DEL; other text is checked by character.
 fn check_tokens(subject: &str) -> Result<(), SubjectError> {
     let bytes = subject.as_bytes();
     if bytes.is_empty() || tokens(bytes).any(<[u8]>::is_empty) {

@@ -376,10 +376,7 @@ async fn baseline_system(
         "baseline: plain async-nats consume → publish → ack, {} tenants",
         args.tenants
     );
-    let result = match preload(js, &base.inputs, args.messages, payload).await {
-        Ok(()) => run_baseline(js, url, &base, args, payload).await,
-        Err(e) => Err(e),
-    };
+    let result = run_baseline(js, url, &base, args, payload).await;
     delete_streams(js, base.streams()).await;
     result
 }
@@ -630,6 +627,7 @@ async fn run_baseline(
     args: &BenchArgs,
     payload: &[u8],
 ) -> anyhow::Result<SystemResult> {
+    preload(js, &setup.inputs, args.messages, payload).await?;
     let shared = Arc::new(BaseStats {
         done: AtomicU64::new(0),
         stats: TenantStats::default(),
@@ -654,7 +652,7 @@ async fn run_baseline(
         timeline,
         ..Default::default()
     };
-    cpu.fill(&mut result, args.server_pid);
+    cpu.fill(&mut result);
     result.msgs_per_sec = rate_of(&shared.stats, result.processed);
     // Latency at a share of peak.
     reset_latency(&shared.stats);
@@ -858,7 +856,7 @@ async fn run_sluice(
         msgs_per_sec: per_second(processed, first, last),
         ..Default::default()
     };
-    cpu.fill(&mut result, args.server_pid);
+    cpu.fill(&mut result);
     for t in tenants.values() {
         reset_latency(&t.stats);
     }
@@ -1021,27 +1019,32 @@ fn fill_latency(
     }
 }
 
-/// CPU time of this process and of the server, at the start of a phase.
+/// CPU time of this process and of the server (its /proc name and its
+/// time), at the start of a phase.
 struct Cpu {
     process: f64,
-    server: Option<f64>,
+    server: Option<(String, f64)>,
 }
 
 impl Cpu {
     fn now(server: Option<u32>) -> Self {
         Cpu {
             process: cpu_seconds("self"),
-            server: server.map(|pid| cpu_seconds(&pid.to_string())),
+            server: server.map(|pid| {
+                let pid = pid.to_string();
+                let spent = cpu_seconds(&pid);
+                (pid, spent)
+            }),
         }
     }
 
     /// The CPU spent since `self`, in total and per settled message.
-    fn fill(&self, result: &mut SystemResult, server: Option<u32>) {
+    fn fill(&self, result: &mut SystemResult) {
         let per_msg = |s: f64| s / result.processed.max(1) as f64 * 1e6;
         result.cpu_seconds = cpu_seconds("self") - self.process;
         result.cpu_us_per_msg = per_msg(result.cpu_seconds);
-        if let (Some(pid), Some(before)) = (server, self.server) {
-            let spent = cpu_seconds(&pid.to_string()) - before;
+        if let Some((pid, before)) = &self.server {
+            let spent = cpu_seconds(pid) - before;
             result.server_cpu_seconds = Some(spent);
             result.server_cpu_us_per_msg = Some(per_msg(spent));
         }
