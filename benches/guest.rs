@@ -106,6 +106,7 @@ fn benches(c: &mut Criterion) {
         // (`init` included) can pass 100 ms on a busy machine.
         deadline: Duration::from_secs(2),
         memory: 64 << 20,
+        ..Limits::default()
     };
     let msg = Message::new("acme.in.orders", payload());
     let origin = origin();

@@ -72,11 +72,13 @@ fn settle(c: &mut Criterion) {
         (js, consumer)
     });
     let sink = Arc::new(Sink::new(
-        js.clone(),
+        &js,
         Arc::from("bench"),
         "bench.dlq".into(),
         vec![Duration::from_secs(1)],
         5,
+        Duration::from_secs(3600),
+        256,
         Arc::new(TenantStats::default()),
     ));
     let payload = vec![b'x'; 256];

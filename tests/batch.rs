@@ -114,7 +114,7 @@ fn a_batch_decides_every_message_as_a_call_of_its_own_would() {
     // host numbers outputs by each message's own sequence.
     let published = outputs(&batched[4]);
     assert_eq!(published[1].subject, "acme.out.p1");
-    assert_eq!(published[1].header("Nats-Msg-Id"), Some("IN:104:1"));
+    assert_eq!(published[1].header("Nats-Msg-Id"), Some("acme:IN:104:1"));
     assert_eq!(batched[1].kind(), "ack");
     // Each message's guest saw its own origin.
     for (k, seen) in [

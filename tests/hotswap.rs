@@ -170,7 +170,7 @@ async fn a_plugin_replaced_three_ways_under_traffic_loses_nothing_and_versions_f
     assert_eq!(outputs.len() as u64, n, "every input exactly once");
     outputs.sort_by_key(|m| {
         let id = header(m, "Nats-Msg-Id").unwrap();
-        id.split(':').nth(1).unwrap().parse::<u64>().unwrap()
+        id.split(':').nth(2).unwrap().parse::<u64>().unwrap()
     });
     let mut current = 0;
     let mut used = vec![0u64; 4];
@@ -347,4 +347,30 @@ pipeline = [{ plugin = "tenant-stamp" }]
     assert_eq!(info.num_pending, 50, "the rest remain in the stream");
     assert_eq!(stream_len(&js, "ACME_OUT").await, 100);
     service.shutdown().await;
+}
+
+/// Every swap brings a new version; the compile caches used to keep every
+/// one for good, in memory and on disk. Now each keeps the versions used
+/// last, and an evicted version still in use keeps working.
+#[test]
+fn the_compile_caches_keep_only_the_versions_used_last() {
+    use sluice::wasm::{KEEP_IN_MEMORY, KEEP_ON_DISK, Runtime};
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(Some(dir.path().to_owned())).unwrap();
+    let bytes = std::fs::read(plugin_path("echo")).unwrap();
+    let plugins: Vec<_> = (0..KEEP_ON_DISK + 4)
+        .map(|i| {
+            let v = variant(&bytes, &format!("v{i}"));
+            runtime.load("echo", &v, crate::support::limits()).unwrap()
+        })
+        .collect();
+    assert_eq!(runtime.cached(), (KEEP_IN_MEMORY, KEEP_ON_DISK));
+    // The first version left both caches long ago; it still runs.
+    let mut first = plugins[0].instantiate("acme", &[]).unwrap();
+    let origin = crate::support::origin("acme");
+    assert!(
+        first
+            .handle(&origin, crate::support::msg("acme.in.x", "{}"))
+            .is_ok()
+    );
 }

@@ -71,7 +71,7 @@ async fn every_verdict_has_exactly_its_jetstream_effect() {
             .find(|m| header(m, "Nats-Msg-Id") == Some(id))
             .unwrap()
     };
-    let next = by_id("ACME:1:0");
+    let next = by_id("acme:ACME:1:0");
     assert_eq!(next.subject.as_str(), "acme.out.a");
     assert_eq!(&next.payload[..], b"next");
     assert_eq!(header(next, "Correlation-Id"), Some("c-next"));
@@ -79,8 +79,8 @@ async fn every_verdict_has_exactly_its_jetstream_effect() {
         assert_eq!(header(m, "Sluice-Tenant"), Some("acme"));
         assert!(header(m, "Sluice-Plugin").unwrap().starts_with("verdict@"));
     }
-    assert_eq!(by_id("ACME:4:0").subject.as_str(), "acme.out.p0");
-    assert_eq!(by_id("ACME:4:1").subject.as_str(), "acme.out.p1");
+    assert_eq!(by_id("acme:ACME:4:0").subject.as_str(), "acme.out.p0");
+    assert_eq!(by_id("acme:ACME:4:1").subject.as_str(), "acme.out.p1");
 
     // Dead letters: the original payload and headers, plus every Sluice-*
     // header.

@@ -171,3 +171,108 @@ async fn readyz_follows_the_nats_connection() {
     .await;
     service.shutdown().await;
 }
+
+/// A password in a server URL is a credential: `/healthz` and the metric
+/// labels name the connection with it redacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_in_server_urls_never_reach_healthz_or_metrics() {
+    let server = crate::support::nats_with(Some(
+        "accounts { A: { jetstream: enabled, users: [ { user: ann, password: s3cret-pw } ] } }",
+    ));
+    let with_password = server.url().replace("nats://", "nats://ann:s3cret-pw@");
+    let (_dir, path) = config_file(&verdict_config("2s", 3, "50ms"), &with_password);
+    let mut service = Service::start(Config::load(&path).unwrap()).await.unwrap();
+    let addr = service
+        .serve_ops("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let probe = |path: &'static str| tokio::task::spawn_blocking(move || get(addr, path));
+    wait_for("ready", LIMIT, || async {
+        probe("/readyz").await.unwrap().0 == 200
+    })
+    .await;
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let (code, body) = probe(path).await.unwrap();
+        assert_eq!(code, 200, "{path}");
+        assert!(
+            !body.contains("s3cret-pw"),
+            "{path} shows the password: {body}"
+        );
+    }
+    let (_, body) = probe("/healthz").await.unwrap();
+    assert!(body.contains("ann:***@"), "{body}");
+    service.shutdown().await;
+}
+
+/// The hand-written responder kept a connection that sent nothing open for
+/// as long as the client liked, with no cap on how many: a port scanner or
+/// a slow client could hold the host's descriptors. Now a silent client is
+/// cut after `host.ops_read_timeout` and connections past
+/// `host.ops_max_connections` are closed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ops_endpoint_cuts_silent_clients_and_caps_connections() {
+    let server = nats();
+    let config = verdict_config("2s", 3, "50ms").replace(
+        "[host]",
+        "[host]\nops_max_connections = 4\nops_read_timeout = \"500ms\"",
+    );
+    let (_dir, path) = config_file(&config, &server.url());
+    let mut service = Service::start(Config::load(&path).unwrap()).await.unwrap();
+    let addr = service
+        .serve_ops("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let connect = move || {
+        let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    // Blocks until the server closes the connection (or 10 s pass).
+    let until_closed = |mut s: std::net::TcpStream| {
+        let started = std::time::Instant::now();
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+        started.elapsed()
+    };
+
+    let took = tokio::task::spawn_blocking(move || until_closed(connect()))
+        .await
+        .unwrap();
+    assert!(
+        took < Duration::from_secs(3),
+        "a silent client held {took:?}"
+    );
+
+    let held: Vec<_> = (0..4).map(|_| connect()).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let took = tokio::task::spawn_blocking(move || until_closed(connect()))
+        .await
+        .unwrap();
+    assert!(
+        took < Duration::from_secs(1),
+        "past the cap: closed at once, not after {took:?}"
+    );
+    drop(held);
+    wait_for("/healthz answering again", LIMIT, || async {
+        tokio::task::spawn_blocking(move || get(addr, "/healthz").0)
+            .await
+            .unwrap()
+            == 200
+    })
+    .await;
+    let (_, metrics) = tokio::task::spawn_blocking(move || get(addr, "/metrics"))
+        .await
+        .unwrap();
+    let m = samples(&metrics);
+    let value = |name: &str| {
+        m.iter()
+            .find(|(k, _)| k.split('{').next() == Some(name))
+            .map_or(0.0, |(_, v)| *v)
+    };
+    assert!(
+        value("sluice_ops_connections_refused_total") >= 1.0,
+        "{metrics}"
+    );
+    assert!(value("sluice_ops_timeouts_total") >= 1.0, "{metrics}");
+    service.shutdown().await;
+}

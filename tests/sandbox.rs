@@ -46,6 +46,7 @@ fn a_guest_that_allocates_without_bound_is_stopped_by_the_memory_limit() {
         Limits {
             memory: 16 << 20,
             deadline: Duration::from_secs(5),
+            ..Limits::default()
         },
     );
     let mut instance = plugin.instantiate("acme", &[]).unwrap();
@@ -144,7 +145,7 @@ fn a_guest_publishing_to_another_tenants_subject_is_dead_lettered() {
     );
     let outcome =
         StageRunner::default().run(&pipeline, &origin("acme"), &msg("acme.in.orders", "{}"));
-    let Outcome::DeadLetter { reason, plugin } = outcome else {
+    let Outcome::DeadLetter { reason, plugin, .. } = outcome else {
         panic!("{outcome:?}")
     };
     assert!(
@@ -183,7 +184,7 @@ fn the_worker_pool_runs_pipelines_off_the_async_reactor() {
         assert_eq!(outputs[0].subject, "acme.out.orders");
         assert_eq!(
             outputs[0].header("Nats-Msg-Id"),
-            Some(format!("IN:{i}:0").as_str())
+            Some(format!("acme:IN:{i}:0").as_str())
         );
     }
 }

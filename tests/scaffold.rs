@@ -108,6 +108,7 @@ fn scaffold_builds_and_runs(lang: &str) {
     let limits = Limits {
         deadline: Duration::from_secs(5),
         memory: 64 << 20,
+        ..Limits::default()
     };
     let plugin = runtime.load_file("demo", &wasm, limits).unwrap();
     let cases = Cases::load(&demo.join("demo.cases.json")).unwrap();

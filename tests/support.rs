@@ -39,6 +39,7 @@ pub fn limits() -> Limits {
     Limits {
         deadline: Duration::from_millis(100),
         memory: 64 << 20,
+        ..Limits::default()
     }
 }
 
@@ -214,6 +215,30 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits (up to 30 s) until `stream`'s consumer `name` has nothing
+/// pending or unacked: every message it was given is settled.
+pub async fn settled(js: &jetstream::Context, stream: &str, name: &str) {
+    let consumer: jetstream::consumer::PullConsumer = js
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .get_consumer(name)
+        .await
+        .unwrap();
+    wait_for(
+        &format!("{stream}/{name} with nothing pending or unacked"),
+        Duration::from_secs(30),
+        || {
+            let mut c = consumer.clone();
+            async move {
+                let i = c.info().await.unwrap();
+                i.num_ack_pending == 0 && i.num_pending == 0
+            }
+        },
+    )
+    .await;
 }
 
 /// Write `text` as `sluice.toml` in a new temp dir; `{dist}` in it becomes

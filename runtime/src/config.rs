@@ -100,6 +100,14 @@ pub struct HostConfig {
     /// `"127.0.0.1:9090"`. `--metrics-addr` overrides it.
     #[serde(default)]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Connections the ops endpoint keeps open at once; more are closed at
+    /// once. Default 64.
+    #[serde(default = "default_ops_max_connections")]
+    pub ops_max_connections: usize,
+    /// How long the ops endpoint waits for a request's head (a connection
+    /// lives at most four times this). Default 5 s.
+    #[serde(default = "default_ops_read_timeout", with = "duration")]
+    pub ops_read_timeout: Duration,
 }
 
 /// `[wasm]`: the guest runtime.
@@ -134,6 +142,20 @@ pub struct PluginsConfig {
     /// Linear-memory limit of one instance, e.g. `"64MiB"`. Default 64 MiB.
     #[serde(default = "default_memory", with = "bytes")]
     pub memory: u64,
+    /// Most outputs one verdict may publish. Default 1000.
+    #[serde(default = "default_max_outputs")]
+    pub max_outputs: u64,
+    /// Most bytes (subjects, headers and payloads) one message's outputs
+    /// may add up to, e.g. `"16MiB"`. Default 16 MiB.
+    #[serde(default = "default_max_output_bytes", with = "bytes")]
+    pub max_output_bytes: u64,
+    /// Longest output subject, in bytes. Default 1024.
+    #[serde(default = "default_max_subject_bytes")]
+    pub max_subject_bytes: u64,
+    /// Most log lines (`host.log`, stdout, stderr) one instance may write
+    /// per second. Default 100.
+    #[serde(default = "default_log_lines_per_second")]
+    pub log_lines_per_second: u32,
 }
 
 /// `[plugin.NAME]`: one plugin declared explicitly.
@@ -148,6 +170,18 @@ pub struct PluginConfig {
     /// Overrides `plugins.memory` for this plugin.
     #[serde(default, with = "opt_bytes")]
     pub memory: Option<u64>,
+    /// Overrides `plugins.max_outputs` for this plugin.
+    #[serde(default)]
+    pub max_outputs: Option<u64>,
+    /// Overrides `plugins.max_output_bytes` for this plugin.
+    #[serde(default, with = "opt_bytes")]
+    pub max_output_bytes: Option<u64>,
+    /// Overrides `plugins.max_subject_bytes` for this plugin.
+    #[serde(default)]
+    pub max_subject_bytes: Option<u64>,
+    /// Overrides `plugins.log_lines_per_second` for this plugin.
+    #[serde(default)]
+    pub log_lines_per_second: Option<u32>,
 }
 
 /// `[nats]` (or `tenants.ID.nats`): how to reach NATS.
@@ -192,9 +226,15 @@ pub struct TenantDefaults {
     /// repeats. Default `["1s", "5s", "30s"]`.
     #[serde(default = "default_backoff", with = "duration_list")]
     pub backoff: Vec<Duration>,
+    /// Longest redelivery delay a guest's `retry(ms)` or the backoff can ask
+    /// for; longer ones are cut to it, so `retry(u32::MAX)` does not park a
+    /// message for 49 days. Default 1 h.
+    #[serde(default = "default_max_retry_delay", with = "duration")]
+    pub max_retry_delay: Duration,
     /// Duplicate window of output and dead-letter streams that `provision`
     /// creates: a redelivered message re-published within it is dropped by
-    /// JetStream. Default 2 min.
+    /// JetStream. Must cover each tenant's redelivery span (`sluice check`
+    /// says so; the host warns). Default 5 min.
     #[serde(default = "default_duplicate_window", with = "duration")]
     pub duplicate_window: Duration,
 }
@@ -246,6 +286,9 @@ pub struct TenantConfig {
     /// Overrides `defaults.backoff`.
     #[serde(default, with = "opt_duration_list")]
     pub backoff: Option<Vec<Duration>>,
+    /// Overrides `defaults.max_retry_delay`.
+    #[serde(default, with = "opt_duration")]
+    pub max_retry_delay: Option<Duration>,
 }
 
 /// One stage of a tenant's pipeline.
@@ -273,13 +316,46 @@ const fn default_queue() -> usize {
 /// A Rust handler answers in microseconds; 100 ms leaves room for cold caches
 /// and interpreted guests while still catching a loop quickly.
 const fn default_deadline() -> Duration {
-    Duration::from_millis(100)
+    DEFAULT_DEADLINE
+}
+/// See [`default_deadline`].
+pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(100);
+/// See [`default_memory`].
+pub const DEFAULT_MEMORY: u64 = 64 * 1024 * 1024;
+/// A guest logging in a loop must not flood the host's log (or its disk):
+/// a hundred lines a second is more than anyone reads.
+pub const DEFAULT_LOG_LINES_PER_SECOND: u32 = 100;
+const fn default_log_lines_per_second() -> u32 {
+    DEFAULT_LOG_LINES_PER_SECOND
 }
 /// Rust and QuickJS guests need a few MiB; 64 MiB leaves room for large
 /// payloads without letting one instance take the host down.
 const fn default_memory() -> u64 {
-    64 * 1024 * 1024
+    DEFAULT_MEMORY
 }
+/// Fan-out is real (one order to many lines) but a thousand outputs per
+/// message is already far past it; more is a guest gone wrong, and each
+/// output is a publish the tenant waits for.
+pub const DEFAULT_MAX_OUTPUTS: u64 = 1000;
+/// Sixteen of the server's default 1 MiB messages.
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 16 * 1024 * 1024;
+/// nats-server refuses a protocol line over `max_control_line` (default
+/// 4 KiB) by closing the connection, which every tenant on it shares; the
+/// line holds the subject, a reply inbox and sizes. Real subjects are far
+/// shorter than 1 KiB.
+pub const DEFAULT_MAX_SUBJECT_BYTES: u64 = 1024;
+const fn default_max_outputs() -> u64 {
+    DEFAULT_MAX_OUTPUTS
+}
+const fn default_max_output_bytes() -> u64 {
+    DEFAULT_MAX_OUTPUT_BYTES
+}
+const fn default_max_subject_bytes() -> u64 {
+    DEFAULT_MAX_SUBJECT_BYTES
+}
+/// The most `max_subject_bytes` may be: under the server's default control
+/// line with room for the rest of the `HPUB` line.
+pub const MAX_SUBJECT_BYTES_LIMIT: u64 = 3072;
 fn default_servers() -> Vec<String> {
     vec!["nats://127.0.0.1:4222".to_owned()]
 }
@@ -296,6 +372,11 @@ const fn default_ack_wait() -> Duration {
 const fn default_max_deliver() -> u32 {
     5
 }
+/// An hour: long enough for any sensible backoff, short enough that a
+/// guest's typo cannot hide a message for weeks.
+const fn default_max_retry_delay() -> Duration {
+    Duration::from_secs(3600)
+}
 fn default_backoff() -> Vec<Duration> {
     vec![
         Duration::from_secs(1),
@@ -309,12 +390,23 @@ fn default_consumer() -> String {
 
 /// Long enough for a handler mid-call and its publishes to finish; short
 /// enough for an orchestrator's default kill timeout (30 s).
+/// Prometheus and a probe or two need a handful; 64 leaves room for
+/// several scrapers without letting a flood hold the host's descriptors.
+const fn default_ops_max_connections() -> usize {
+    64
+}
+/// A scraper sends its request at once; five seconds is generous.
+const fn default_ops_read_timeout() -> Duration {
+    Duration::from_secs(5)
+}
 const fn default_grace() -> Duration {
     Duration::from_secs(10)
 }
-/// JetStream's own default.
+/// Covers the redelivery span of the default tenant settings (30 s ×
+/// 6 deliveries + 1 s + 5 s + 3 × 30 s of backoff = 4 min 36 s; see
+/// [`Limits::redelivery_span`]). JetStream's own default of 2 min does not.
 const fn default_duplicate_window() -> Duration {
-    Duration::from_secs(120)
+    Duration::from_secs(300)
 }
 
 impl Default for HostConfig {
@@ -324,6 +416,8 @@ impl Default for HostConfig {
             provision: false,
             tenants_dir: None,
             metrics_addr: None,
+            ops_max_connections: default_ops_max_connections(),
+            ops_read_timeout: default_ops_read_timeout(),
         }
     }
 }
@@ -344,6 +438,10 @@ impl Default for PluginsConfig {
             dir: None,
             deadline: default_deadline(),
             memory: default_memory(),
+            max_outputs: default_max_outputs(),
+            max_output_bytes: default_max_output_bytes(),
+            max_subject_bytes: default_max_subject_bytes(),
+            log_lines_per_second: default_log_lines_per_second(),
         }
     }
 }
@@ -368,6 +466,7 @@ impl Default for TenantDefaults {
             ack_wait: default_ack_wait(),
             max_deliver: default_max_deliver(),
             backoff: default_backoff(),
+            max_retry_delay: default_max_retry_delay(),
             duplicate_window: default_duplicate_window(),
         }
     }
@@ -384,6 +483,38 @@ pub struct Limits {
     pub max_deliver: u32,
     /// See [`TenantDefaults::backoff`].
     pub backoff: Vec<Duration>,
+    /// See [`TenantDefaults::max_retry_delay`].
+    pub max_retry_delay: Duration,
+}
+
+impl Limits {
+    /// The longest a message can take from its first delivery to its last
+    /// redelivery: `ack_wait` for each of the server's `max_deliver + 1`
+    /// deliveries, plus the backoff (capped by `max_retry_delay`) before
+    /// each of the host's. An output published early in that span is
+    /// republished, same id, by any later delivery: the output stream's
+    /// duplicate window must cover the span, or the copy is stored twice.
+    pub fn redelivery_span(&self) -> Duration {
+        let waits = self
+            .ack_wait
+            .saturating_mul(self.max_deliver.saturating_add(1));
+        // Delivery d waits backoff[d - 1], the last entry repeating: the
+        // listed entries once each, then the last for the deliveries past
+        // them (counted, not iterated: max_deliver may be large).
+        let capped = |d: &Duration| (*d).min(self.max_retry_delay);
+        let listed = usize::try_from(self.max_deliver).unwrap_or(usize::MAX);
+        let once = self
+            .backoff
+            .iter()
+            .take(listed)
+            .map(capped)
+            .fold(waits, Duration::saturating_add);
+        let beyond = self
+            .max_deliver
+            .saturating_sub(u32::try_from(self.backoff.len()).unwrap_or(u32::MAX));
+        let last = self.backoff.last().map(capped).unwrap_or_default();
+        once.saturating_add(last.saturating_mul(beyond))
+    }
 }
 
 /// A plugin's file and limits after defaults are applied.
@@ -397,6 +528,14 @@ pub struct PluginSpec {
     pub deadline: Duration,
     /// Per-instance memory limit in bytes.
     pub memory: u64,
+    /// Most outputs per verdict.
+    pub max_outputs: u64,
+    /// Most bytes of outputs per message.
+    pub max_output_bytes: u64,
+    /// Longest output subject in bytes.
+    pub max_subject_bytes: u64,
+    /// Most log lines per instance per second.
+    pub log_lines_per_second: u32,
 }
 
 impl Config {
@@ -493,6 +632,14 @@ impl Config {
     /// Cross-field checks that serde cannot express; each error names its
     /// key path.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.host.ops_max_connections == 0 {
+            return Err(self.error("host.ops_max_connections", "must be at least 1"));
+        }
+        if self.host.ops_read_timeout < Duration::from_millis(100)
+            || self.host.ops_read_timeout > Duration::from_secs(3600)
+        {
+            return Err(self.error("host.ops_read_timeout", "must be between 100ms and 1h"));
+        }
         if self.wasm.workers == 0 {
             return Err(self.error("wasm.workers", "must be at least 1"));
         }
@@ -500,8 +647,22 @@ impl Config {
             return Err(self.error("wasm.queue", "must be at least 1"));
         }
         check_limits(self, "plugins", self.plugins.deadline, self.plugins.memory)?;
+        check_output_caps(
+            self,
+            "plugins",
+            Some(self.plugins.max_outputs),
+            Some(self.plugins.max_output_bytes),
+            Some(self.plugins.max_subject_bytes),
+        )?;
         for (name, plugin) in &self.plugin {
             check_name(self, &format!("plugin.{name}"), name, "plugin name")?;
+            check_output_caps(
+                self,
+                &format!("plugin.{}", key_segment(name)),
+                plugin.max_outputs,
+                plugin.max_output_bytes,
+                plugin.max_subject_bytes,
+            )?;
             if let Some(deadline) = plugin.deadline {
                 check_limits(
                     self,
@@ -525,6 +686,32 @@ impl Config {
             let at = format!("tenants.{}", key_segment(id));
             check_name(self, &at, id, "tenant id")?;
             self.check_tenant(&at, id, tenant)?;
+        }
+        self.check_shared_durables()
+    }
+
+    /// Two tenants bound to one durable consumer would each get some of the
+    /// other's messages and settle them through the wrong pipeline; that is
+    /// only the same durable when they reach NATS the same way (another
+    /// account has streams of its own).
+    fn check_shared_durables(&self) -> Result<(), ConfigError> {
+        let mut seen: Vec<(&str, &TenantConfig)> = Vec::new();
+        for (id, tenant) in &self.tenants {
+            let nats = tenant.nats.as_ref().unwrap_or(&self.nats);
+            if let Some((other, _)) = seen.iter().find(|(_, t)| {
+                t.stream == tenant.stream
+                    && t.consumer == tenant.consumer
+                    && t.nats.as_ref().unwrap_or(&self.nats) == nats
+            }) {
+                return Err(self.error(
+                    format!("tenants.{}.consumer", key_segment(id)),
+                    format!(
+                        "tenants `{other}` and `{id}` would both bind consumer `{}` on stream `{}`; give each its own `consumer`",
+                        tenant.consumer, tenant.stream
+                    ),
+                ));
+            }
+            seen.push((id, tenant));
         }
         Ok(())
     }
@@ -643,12 +830,31 @@ impl Config {
             backoff: tenant
                 .and_then(|t| t.backoff.clone())
                 .unwrap_or_else(|| d.backoff.clone()),
+            max_retry_delay: tenant
+                .and_then(|t| t.max_retry_delay)
+                .unwrap_or(d.max_retry_delay),
         }
     }
 
     /// Where plugin `name` comes from and its limits. Errors are messages
     /// for the key that named the plugin.
     pub fn plugin_spec(&self, name: &str) -> Result<PluginSpec, String> {
+        let d = &self.plugins;
+        let caps = |p: Option<&PluginConfig>| {
+            (
+                p.and_then(|p| p.max_outputs).unwrap_or(d.max_outputs),
+                p.and_then(|p| p.max_output_bytes)
+                    .unwrap_or(d.max_output_bytes),
+                p.and_then(|p| p.max_subject_bytes)
+                    .unwrap_or(d.max_subject_bytes),
+            )
+        };
+        let (max_outputs, max_output_bytes, max_subject_bytes) = caps(self.plugin.get(name));
+        let log_lines_per_second = self
+            .plugin
+            .get(name)
+            .and_then(|p| p.log_lines_per_second)
+            .unwrap_or(d.log_lines_per_second);
         let (path, deadline, memory) = match self.plugin.get(name) {
             Some(p) => (
                 self.base_dir.join(&p.path),
@@ -673,7 +879,47 @@ impl Config {
             path,
             deadline,
             memory,
+            max_outputs,
+            max_output_bytes,
+            max_subject_bytes,
+            log_lines_per_second,
         })
+    }
+
+    /// Tenants whose output or dead-letter stream, made with
+    /// `defaults.duplicate_window`, would forget a message id before its
+    /// last redelivery republishes it: an error for `sluice check`, a
+    /// warning when the host starts.
+    pub fn check_duplicate_window(&self) -> Result<(), ConfigError> {
+        for (id, tenant) in &self.tenants {
+            self.check_duplicate_window_of(id, tenant)?;
+        }
+        Ok(())
+    }
+
+    /// [`check_duplicate_window`](Self::check_duplicate_window) for one
+    /// tenant.
+    pub fn check_duplicate_window_of(
+        &self,
+        id: &str,
+        tenant: &TenantConfig,
+    ) -> Result<(), ConfigError> {
+        let window = self.defaults.duplicate_window;
+        if tenant.output_stream.is_some() || tenant.dead_letter_stream.is_some() {
+            let span = self.limits(Some(tenant)).redelivery_span();
+            if window < span {
+                return Err(self.error(
+                    "defaults.duplicate_window",
+                    format!(
+                        "{} is shorter than tenant `{id}`'s redelivery span of {} (ack_wait × (max_deliver + 1) plus the backoffs): a redelivery after it would store outputs twice; raise it to at least {}",
+                        humantime::format_duration(window),
+                        humantime::format_duration(span),
+                        humantime::format_duration(span)
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Every plugin some tenant's pipeline uses, each once.
@@ -754,6 +1000,42 @@ fn check_limits(
     Ok(())
 }
 
+/// Output caps, where set: at least one of each, and no subject the
+/// server would close the connection over.
+fn check_output_caps(
+    config: &Config,
+    at: &str,
+    max_outputs: Option<u64>,
+    max_output_bytes: Option<u64>,
+    max_subject_bytes: Option<u64>,
+) -> Result<(), ConfigError> {
+    for (key, value) in [
+        ("max_outputs", max_outputs),
+        ("max_output_bytes", max_output_bytes),
+        ("max_subject_bytes", max_subject_bytes),
+    ] {
+        if value == Some(0) {
+            return Err(config.error(format!("{at}.{key}"), "must be at least 1"));
+        }
+    }
+    if let Some(n) = max_subject_bytes
+        && n > MAX_SUBJECT_BYTES_LIMIT
+    {
+        return Err(config.error(
+            format!("{at}.max_subject_bytes"),
+            format!("must be at most {MAX_SUBJECT_BYTES_LIMIT}: a longer subject does not fit nats-server's default 4 KiB protocol line, and the server closes the connection over it"),
+        ));
+    }
+    Ok(())
+}
+
+/// Most messages one tenant may hold in flight.
+const MAX_IN_FLIGHT_LIMIT: usize = 100_000;
+/// Most deliveries a tenant may ask for.
+const MAX_DELIVER_LIMIT: u32 = 1_000_000;
+/// Longest ack_wait, backoff step or retry delay.
+const MAX_DURATION_LIMIT: Duration = Duration::from_secs(30 * 24 * 3600);
+
 fn check_tenant_limits(config: &Config, at: &str, limits: &Limits) -> Result<(), ConfigError> {
     if limits.max_in_flight == 0 {
         return Err(config.error(format!("{at}.max_in_flight"), "must be at least 1"));
@@ -766,6 +1048,34 @@ fn check_tenant_limits(config: &Config, at: &str, limits: &Limits) -> Result<(),
     }
     if limits.backoff.is_empty() {
         return Err(config.error(format!("{at}.backoff"), "needs at least one delay"));
+    }
+    if limits.max_retry_delay.is_zero() {
+        return Err(config.error(format!("{at}.max_retry_delay"), "must be more than 0s"));
+    }
+    // Upper bounds keep every later sum, product and conversion (to the
+    // server's nanoseconds, to semaphore permits) far from overflowing.
+    if limits.max_in_flight > MAX_IN_FLIGHT_LIMIT {
+        return Err(config.error(
+            format!("{at}.max_in_flight"),
+            format!("must be at most {MAX_IN_FLIGHT_LIMIT}"),
+        ));
+    }
+    if limits.max_deliver > MAX_DELIVER_LIMIT {
+        return Err(config.error(
+            format!("{at}.max_deliver"),
+            format!("must be at most {MAX_DELIVER_LIMIT}"),
+        ));
+    }
+    let durations = [
+        ("ack_wait", limits.ack_wait),
+        ("max_retry_delay", limits.max_retry_delay),
+    ]
+    .into_iter()
+    .chain(limits.backoff.iter().map(|d| ("backoff", *d)));
+    for (key, d) in durations {
+        if d > MAX_DURATION_LIMIT {
+            return Err(config.error(format!("{at}.{key}"), "must be at most 30d"));
+        }
     }
     Ok(())
 }
@@ -1059,5 +1369,40 @@ mod tests {
         assert!(pattern_overlaps("a.*.c", "a.b.*"));
         assert!(!pattern_overlaps("a.out.>", "a.in.>"));
         assert!(!pattern_overlaps("a.b", "a.b.c"));
+    }
+
+    #[test]
+    fn the_duplicate_window_must_cover_the_redelivery_span() {
+        let defaults = Config::default().limits(None);
+        // 30 s × 6 + 1 s + 5 s + 30 s × 3.
+        assert_eq!(defaults.redelivery_span(), Duration::from_secs(276));
+        assert!(TenantDefaults::default().duplicate_window >= defaults.redelivery_span());
+        let capped = Limits {
+            max_retry_delay: Duration::from_secs(2),
+            ..defaults.clone()
+        };
+        assert_eq!(
+            capped.redelivery_span(),
+            Duration::from_secs(180 + 1 + 2 + 2 * 3)
+        );
+        let huge = Limits {
+            ack_wait: Duration::MAX,
+            max_deliver: u32::MAX,
+            ..defaults
+        };
+        assert_eq!(
+            huge.redelivery_span(),
+            Duration::MAX,
+            "saturates, never panics"
+        );
+
+        let text = format!("[defaults]\nduplicate_window = \"1m\"\n{GOOD}")
+            .replace("max_in_flight = 10", "output_stream = \"ACME_OUT\"");
+        let c = Config::parse(&text, Path::new("/etc/sluice/sluice.toml")).unwrap();
+        let e = c.check_duplicate_window().unwrap_err().to_string();
+        assert!(
+            e.contains("defaults.duplicate_window: 1m is shorter than tenant"),
+            "{e}"
+        );
     }
 }

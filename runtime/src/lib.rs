@@ -34,4 +34,4 @@ pub mod tenant;
 pub mod wasm;
 pub mod watch;
 
-pub use message::{Message, Origin, Verdict};
+pub use message::{Message, Origin, OutputCaps, Verdict};

@@ -59,6 +59,37 @@ impl Message {
     }
 }
 
+/// A plugin's caps on what one verdict may produce, checked when the
+/// verdict is lifted: past them the message is dead-lettered with a reason
+/// naming the cap, instead of wedging the tenant's publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputCaps {
+    /// Most outputs one verdict may publish.
+    pub max_outputs: usize,
+    /// Most bytes (subjects, headers, payloads) one message's outputs may
+    /// add up to.
+    pub max_bytes: usize,
+    /// Longest output subject, in bytes.
+    pub max_subject: usize,
+}
+
+impl Default for OutputCaps {
+    /// The config's defaults (`[plugins]` `max_outputs`, `max_output_bytes`,
+    /// `max_subject_bytes`).
+    fn default() -> Self {
+        use crate::config::{
+            DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_OUTPUTS, DEFAULT_MAX_SUBJECT_BYTES,
+        };
+        // The defaults are far below usize::MAX on every target.
+        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        OutputCaps {
+            max_outputs: size(DEFAULT_MAX_OUTPUTS),
+            max_bytes: size(DEFAULT_MAX_OUTPUT_BYTES),
+            max_subject: size(DEFAULT_MAX_SUBJECT_BYTES),
+        }
+    }
+}
+
 /// Facts about a message that the host vouches for.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Origin {

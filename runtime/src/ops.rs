@@ -7,22 +7,32 @@
 //! failure cause — never a subject or a digest (the digest is in one info
 //! metric per plugin).
 //!
-//! The HTTP side answers three GET paths; a hand-written responder on the
-//! tokio listener is smaller than any server framework and has nothing else
-//! to do.
+//! The HTTP side is hyper's HTTP/1 server: three GET paths, a read timeout
+//! on each request head, a cap on open connections, and a pause after an
+//! `accept` error (out of file descriptors) instead of a spin. The endpoint
+//! faces whatever can reach the port, so it holds nothing for a client that
+//! sends nothing.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::tenant::Tenant;
 
@@ -38,51 +48,103 @@ pub trait Status: Send + Sync + 'static {
     fn connections(&self) -> Vec<(String, bool)>;
 }
 
+/// How much of the host the ops endpoint may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpsLimits {
+    /// Connections open at once; past it new ones are closed at once.
+    pub max_connections: usize,
+    /// Longest wait for a request's head, and for one connection overall
+    /// (a multiple of it).
+    pub read_timeout: Duration,
+}
+
+/// Connections refused for going over [`OpsLimits::max_connections`] and
+/// requests cut for going over [`OpsLimits::read_timeout`], since start.
+static REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static TIMED_OUT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A connection lives at most this many read timeouts: metrics are one
+/// response, and keep-alive is off.
+const CONNECTION_READ_TIMEOUTS: u32 = 4;
+/// The pause after an `accept` error: EMFILE and the like do not clear by
+/// retrying at once.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
 /// Serve the ops endpoints on `addr` until the task is dropped. Returns the
 /// bound address (useful with port 0).
 pub async fn serve(
     addr: SocketAddr,
     status: Arc<dyn Status>,
+    limits: OpsLimits,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let open = Arc::new(Semaphore::new(
+        limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
     let handle = tokio::spawn(async move {
         loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
+            let socket = match listener.accept().await {
+                Ok((socket, _)) => socket,
+                Err(e) => {
+                    tracing::debug!(error = %e, "ops endpoint: accept failed; pausing");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = open.clone().try_acquire_owned() else {
+                // Dropping the socket closes it: the client may retry.
+                REFUSED.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
             let status = status.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut len = 0;
-                // Read the request head; bodies are not expected.
-                while len < buf.len() {
-                    match socket.read(&mut buf[len..]).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => len += n,
+                let _permit = permit;
+                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let status = status.clone();
+                    async move { Ok::<_, Infallible>(answer(&req, &*status)) }
+                });
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.read_timeout)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(socket), service);
+                let whole = limits.read_timeout.saturating_mul(CONNECTION_READ_TIMEOUTS);
+                match tokio::time::timeout(whole, connection).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        if e.is_timeout() {
+                            TIMED_OUT.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tracing::debug!(error = %e, "ops endpoint: connection ended");
                     }
-                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
+                    Err(_) => {
+                        TIMED_OUT.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                let head = String::from_utf8_lossy(&buf[..len]);
-                let path = head.split_whitespace().nth(1).unwrap_or("/");
-                let (code, content_type, body) = respond(path, &*status);
-                let reason = match code {
-                    200 => "OK",
-                    404 => "Not Found",
-                    _ => "Service Unavailable",
-                };
-                let response = format!(
-                    "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(response.as_bytes()).await;
-                let _ = socket.shutdown().await;
             });
         }
     });
     Ok((local, handle))
+}
+
+/// The response to one request: GET (or HEAD) of a known path.
+fn answer(req: &Request<hyper::body::Incoming>, status: &dyn Status) -> Response<Full<Bytes>> {
+    let (code, content_type, body) =
+        if req.method() == hyper::Method::GET || req.method() == hyper::Method::HEAD {
+            respond(req.uri().path(), status)
+        } else {
+            (405, "text/plain", "only GET\n".to_owned())
+        };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() =
+        hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, v);
+    }
+    response
 }
 
 fn respond(path: &str, status: &dyn Status) -> (u16, &'static str, String) {
@@ -301,6 +363,36 @@ impl Collector for HostCollector {
             "Guest calls that failed, by cause: deadline, memory, trap, init.",
             failures,
         )?;
+        let hits: Vec<(Vec<(&str, String)>, u64)> = s
+            .tenants
+            .iter()
+            .flat_map(|t| {
+                let map = t
+                    .stats
+                    .limit_hits
+                    .lock()
+                    .map(|m| m.clone())
+                    .unwrap_or_default();
+                map.into_iter().map(move |(limit, n)| {
+                    (
+                        vec![("tenant", t.id.to_string()), ("limit", limit.to_owned())],
+                        n,
+                    )
+                })
+            })
+            .collect();
+        counter_family(
+            &mut encoder,
+            "sluice_limit_hits",
+            "Messages dead-lettered because their outputs broke a host limit (max_outputs, max_output_bytes, max_subject_bytes, max_payload).",
+            hits,
+        )?;
+        counter_family(
+            &mut encoder,
+            "sluice_guest_log_lines_dropped",
+            "Guest log lines dropped for going over their instance's log_lines_per_second.",
+            [(Vec::new(), crate::wasm::log_lines_dropped())],
+        )?;
         counter_family(
             &mut encoder,
             "sluice_batch_reruns",
@@ -352,6 +444,18 @@ impl Collector for HostCollector {
                 (vec![("result", "ok".to_owned())], s.reloads.0),
                 (vec![("result", "failed".to_owned())], s.reloads.1),
             ],
+        )?;
+        counter_family(
+            &mut encoder,
+            "sluice_ops_connections_refused",
+            "Connections to this endpoint closed at once for going over host.ops_max_connections.",
+            [(Vec::new(), REFUSED.load(Ordering::Relaxed))],
+        )?;
+        counter_family(
+            &mut encoder,
+            "sluice_ops_timeouts",
+            "Connections to this endpoint cut for going over host.ops_read_timeout.",
+            [(Vec::new(), TIMED_OUT.load(Ordering::Relaxed))],
         )?;
         gauge_family(
             &mut encoder,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::message::{Message, Origin, Verdict};
+use crate::message::{Message, Origin, OutputCaps, Verdict};
 use crate::subject::{self, Template};
 use crate::wasm::{GuestFailure, Plugin};
 
@@ -17,12 +17,13 @@ use crate::wasm::{GuestFailure, Plugin};
 pub const TENANT_HEADER: &str = "Sluice-Tenant";
 /// Header naming the plugin version (`name@digest`) that produced an output.
 pub const PLUGIN_HEADER: &str = "Sluice-Plugin";
-/// JetStream's de-duplication header; outputs get `<stream>:<seq>:<index>`.
+/// JetStream's de-duplication header; outputs get
+/// `<tenant>:<stream>:<seq>:<index>`.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 
 /// Headers the host owns on outputs: whatever a guest or producer put there
 /// is dropped before the host writes its own.
-fn host_owned(name: &str) -> bool {
+pub(crate) fn host_owned(name: &str) -> bool {
     let prefixed = |prefix: &str| {
         name.get(..prefix.len())
             .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
@@ -62,6 +63,9 @@ pub enum Outcome {
         reason: String,
         /// Label of the stage that decided (or produced the refused output).
         plugin: String,
+        /// The host limit the outputs broke, if that is why (counted in
+        /// `sluice_limit_hits`); `None` for a guest's own verdict.
+        limit: Option<&'static str>,
     },
     /// Nak the source for redelivery.
     Retry {
@@ -116,6 +120,8 @@ pub struct Chain {
     pub permits: Vec<String>,
     /// Label (`name@digest`) of each stage, in order.
     pub labels: Vec<String>,
+    /// Each stage's caps on its outputs, in order.
+    pub caps: Vec<OutputCaps>,
 }
 
 impl Chain {
@@ -220,13 +226,14 @@ impl Chain {
         };
         Step::Done(match verdict {
             Verdict::Next(m) => return Step::Next(m),
-            Verdict::Publish(outputs) => self.publish(origin, source, outputs, label),
+            Verdict::Publish(outputs) => self.publish(origin, source, outputs, i),
             Verdict::Ack => Outcome::Ack {
                 plugin: label.clone(),
             },
             Verdict::DeadLetter(reason) => Outcome::DeadLetter {
                 reason,
                 plugin: label.clone(),
+                limit: None,
             },
             Verdict::Retry(ms) => Outcome::Retry {
                 delay: Some(Duration::from_millis(ms.into())),
@@ -238,24 +245,38 @@ impl Chain {
 
     /// `next` after the last stage: publish to the default output.
     fn finish(&self, origin: &Origin, source: &Message, mut msg: Message) -> Outcome {
-        let last = self.labels.last().map_or("", String::as_str);
         msg.subject = self.output.render(&self.tenant, &msg.subject);
-        self.publish(origin, source, vec![msg], last)
+        self.publish(
+            origin,
+            source,
+            vec![msg],
+            self.labels.len().saturating_sub(1),
+        )
     }
 
-    /// Check every output's subject, then stamp the host's headers. One
-    /// refused subject dead-letters the whole message: publishing only some
-    /// outputs would be a partial result nobody asked for.
+    /// Check stage `stage`'s outputs against its caps, then every output's
+    /// subject and headers, then stamp the host's headers. One refused
+    /// output dead-letters the whole message: publishing only some outputs
+    /// would be a partial result nobody asked for.
     fn publish(
         &self,
         origin: &Origin,
         source: &Message,
         outputs: Vec<Message>,
-        label: &str,
+        stage: usize,
     ) -> Outcome {
+        let label = self.labels.get(stage).map_or("", String::as_str);
         if outputs.is_empty() {
             return Outcome::Ack {
                 plugin: label.to_owned(),
+            };
+        }
+        let caps = self.caps.get(stage).copied().unwrap_or_default();
+        if let Some((limit, reason)) = over_caps(&outputs, &caps) {
+            return Outcome::DeadLetter {
+                reason,
+                plugin: label.to_owned(),
+                limit: Some(limit),
             };
         }
         for out in &outputs {
@@ -266,12 +287,14 @@ impl Chain {
                         name.escape_debug()
                     ),
                     plugin: label.to_owned(),
+                    limit: None,
                 };
             }
             if let Err(e) = subject::validate_subject(&out.subject) {
                 return Outcome::DeadLetter {
                     reason: format!("output refused: {e}"),
                     plugin: label.to_owned(),
+                    limit: None,
                 };
             }
             if !self
@@ -287,6 +310,7 @@ impl Chain {
                         self.permits.join(", ")
                     ),
                     plugin: label.to_owned(),
+                    limit: None,
                 };
             }
         }
@@ -327,15 +351,66 @@ impl Chain {
     }
 }
 
-/// `STREAM:SEQ:INDEX`: the same for every delivery of a source, so the
-/// server drops a republished output. Without `format!`, which costs more
-/// than the rest of the stamping together.
+/// Why `outputs` break `caps`, naming the cap's config key; `None` if they
+/// keep within them. Checked before anything is published: a verdict over
+/// a cap cannot be published whole, so it is a dead letter, never a part.
+fn over_caps(outputs: &[Message], caps: &OutputCaps) -> Option<(&'static str, String)> {
+    if outputs.len() > caps.max_outputs {
+        return Some((
+            "max_outputs",
+            format!(
+                "limit max_outputs: {} outputs, over the plugin's max_outputs of {}",
+                outputs.len(),
+                caps.max_outputs
+            ),
+        ));
+    }
+    if let Some((i, out)) = outputs
+        .iter()
+        .enumerate()
+        .find(|(_, o)| o.subject.len() > caps.max_subject)
+    {
+        return Some((
+            "max_subject_bytes",
+            format!(
+                "limit max_subject_bytes: output {i}'s subject is {} bytes, over the plugin's max_subject_bytes of {}",
+                out.subject.len(),
+                caps.max_subject
+            ),
+        ));
+    }
+    let bytes = outputs.iter().fold(0usize, |sum, o| {
+        let headers = o.headers.iter().map(|(k, v)| k.len() + v.len() + 4);
+        sum.saturating_add(o.subject.len() + o.payload.len() + headers.sum::<usize>())
+    });
+    if bytes > caps.max_bytes {
+        return Some((
+            "max_output_bytes",
+            format!(
+                "limit max_output_bytes: outputs of {bytes} bytes, over the plugin's max_output_bytes of {}",
+                caps.max_bytes
+            ),
+        ));
+    }
+    None
+}
+
+/// `TENANT:STREAM:SEQ:INDEX`: the same for every delivery of a source, so
+/// the server drops a republished output. The tenant is part of it because
+/// two tenants may read the same sequence of a shared stream into a shared
+/// output stream: without it the second tenant's real outputs would be
+/// dropped as duplicates of the first's while its source is acked. Without
+/// `format!`, which costs more than the rest of the stamping together.
 fn msg_id(origin: &Origin, index: usize) -> String {
     let mut seq = itoa::Buffer::new();
     let seq = seq.format(origin.stream_seq);
     let mut idx = itoa::Buffer::new();
     let idx = idx.format(index);
-    let mut id = String::with_capacity(origin.stream.len() + seq.len() + idx.len() + 2);
+    let mut id = String::with_capacity(
+        origin.tenant.len() + origin.stream.len() + seq.len() + idx.len() + 3,
+    );
+    id.push_str(&origin.tenant);
+    id.push(':');
     id.push_str(&origin.stream);
     id.push(':');
     id.push_str(seq);
@@ -392,6 +467,7 @@ impl Pipeline {
                 output,
                 permits,
                 labels: stages.iter().map(|s| s.plugin.label().to_owned()).collect(),
+                caps: stages.iter().map(|s| s.plugin.limits().outputs).collect(),
             },
             stages,
         }
@@ -409,7 +485,42 @@ mod tests {
             output: Template::parse("{tenant}.out.{subject[2..]}").unwrap(),
             permits: vec!["acme.out.>".into()],
             labels: (0..stages).map(|i| format!("p{i}@abc")).collect(),
+            caps: vec![OutputCaps::default(); stages],
         }
+    }
+
+    #[test]
+    fn outputs_over_a_cap_dead_letter_naming_it() {
+        let mut c = chain(1);
+        c.caps[0] = OutputCaps {
+            max_outputs: 2,
+            max_bytes: 100,
+            max_subject: 20,
+        };
+        let run = |c: &Chain, outputs: Vec<Message>| {
+            c.run(&origin(), &source(), |_, _, _| {
+                Ok(Verdict::Publish(outputs.clone()))
+            })
+        };
+        let reason = |o: Outcome| match o {
+            Outcome::DeadLetter { reason, .. } => reason,
+            other => panic!("{other:?}"),
+        };
+        let three = vec![Message::new("acme.out.a", "x"); 3];
+        assert!(reason(run(&c, three)).starts_with("limit max_outputs: 3 outputs"));
+        let long = vec![Message::new(format!("acme.out.{}", "a".repeat(20)), "x")];
+        assert!(reason(run(&c, long)).starts_with("limit max_subject_bytes: output 0"));
+        let big = vec![Message::new("acme.out.a", vec![b'x'; 60]); 2];
+        assert!(reason(run(&c, big)).starts_with("limit max_output_bytes"));
+        let fits = vec![Message::new("acme.out.a", vec![b'x'; 20]); 2];
+        assert!(matches!(run(&c, fits), Outcome::Publish { .. }));
+        // `next` after the last stage is held to the last stage's caps.
+        let next = c.run(
+            &origin(),
+            &Message::new("acme.in.x", vec![b'x'; 200]),
+            |_, _, m| Ok(Verdict::Next(m)),
+        );
+        assert!(reason(next).starts_with("limit max_output_bytes"));
     }
 
     fn origin() -> Origin {
@@ -449,7 +560,7 @@ mod tests {
         assert_eq!(o.header("Traceparent"), Some("00-abc"));
         assert_eq!(o.header(TENANT_HEADER), Some("acme"));
         assert_eq!(o.header(PLUGIN_HEADER), Some("p2@abc"));
-        assert_eq!(o.header(MSG_ID_HEADER), Some("IN:7:0"));
+        assert_eq!(o.header(MSG_ID_HEADER), Some("acme:IN:7:0"));
         assert_eq!(
             o.headers
                 .iter()
@@ -474,7 +585,7 @@ mod tests {
             panic!("{out:?}")
         };
         assert_eq!(outputs[0].header(TENANT_HEADER), Some("acme"));
-        assert_eq!(outputs[1].header(MSG_ID_HEADER), Some("IN:7:1"));
+        assert_eq!(outputs[1].header(MSG_ID_HEADER), Some("acme:IN:7:1"));
     }
 
     #[test]
@@ -539,7 +650,8 @@ mod tests {
             dl,
             Outcome::DeadLetter {
                 reason: "bad".into(),
-                plugin: "p1@abc".into()
+                plugin: "p1@abc".into(),
+                limit: None,
             }
         );
         let retry = c.run(&origin(), &source(), |_, _, _| Ok(Verdict::Retry(250)));

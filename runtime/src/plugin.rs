@@ -191,8 +191,15 @@ impl Registry {
 
 /// The wasm limits of a plugin spec.
 pub fn limits_of(spec: &config::PluginSpec) -> Limits {
+    let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     Limits {
         deadline: spec.deadline,
         memory: spec.memory,
+        outputs: crate::message::OutputCaps {
+            max_outputs: size(spec.max_outputs),
+            max_bytes: size(spec.max_output_bytes),
+            max_subject: size(spec.max_subject_bytes),
+        },
+        log_lines_per_second: spec.log_lines_per_second,
     }
 }

@@ -193,7 +193,11 @@ impl Service {
         addr: std::net::SocketAddr,
     ) -> anyhow::Result<std::net::SocketAddr> {
         let status: Arc<dyn crate::ops::Status> = self.inner.clone();
-        let (local, handle) = crate::ops::serve(addr, status)
+        let limits = crate::ops::OpsLimits {
+            max_connections: self.inner.config.host.ops_max_connections,
+            read_timeout: self.inner.config.host.ops_read_timeout,
+        };
+        let (local, handle) = crate::ops::serve(addr, status, limits)
             .await
             .with_context(|| format!("listening on {addr} for metrics"))?;
         self.watchers.push(handle);
@@ -349,7 +353,12 @@ impl Inner {
             // One entry per distinct connection (one client may serve
             // several tenants).
             if !clients.iter().any(|(n, _, _)| *n == nats) {
-                let mut label = nats.servers.join(",");
+                let mut label = nats
+                    .servers
+                    .iter()
+                    .map(|s| source::redact_url(s))
+                    .collect::<Vec<_>>()
+                    .join(",");
                 if let Some(user) = &nats.user {
                     label.push_str(&format!(" (user {user})"));
                 } else if nats.creds_file.is_some()
@@ -684,6 +693,9 @@ async fn run_tenant(
         for created in &report.created {
             tracing::info!(tenant = id, "created {created}");
         }
+        for updated in &report.updated {
+            tracing::info!(tenant = id, "updated {updated}");
+        }
         for warning in &report.warnings {
             tracing::warn!(tenant = id, "{warning}");
         }
@@ -694,9 +706,8 @@ async fn run_tenant(
                 MISSING_RECHECK
             }
             Err(e) => {
-                let servers = source::tenant_nats(&config, &tenant_config)
-                    .servers
-                    .join(", ");
+                let servers =
+                    source::redacted_servers(&source::tenant_nats(&config, &tenant_config).servers);
                 tracing::warn!(tenant = id, %servers, error = %format!("{:#}", anyhow::Error::from(e)), "cannot bind the consumer yet (is NATS reachable?); retrying");
                 pause = (pause * 2).min(Duration::from_secs(5));
                 pause

@@ -2,20 +2,20 @@
 //! JetStream to confirm them, and only then ack (or term) the source. This is
 //! the one place an [`Outcome`] becomes `Ack`, `Nak(delay)` or `Term`.
 //!
-//! Outputs carry `Nats-Msg-Id = <stream>:<seq>:<index>` (set by the
-//! pipeline) and dead letters `<stream>:<seq>:dlq`, so a redelivered message
-//! re-published inside the stream's duplicate window is dropped by
-//! JetStream: at-least-once input, effectively-once output.
+//! Outputs carry `Nats-Msg-Id = <tenant>:<stream>:<seq>:<index>` (set by the
+//! pipeline) and dead letters `<tenant>:<stream>:<seq>:dlq`, so a
+//! redelivered message re-published inside the stream's duplicate window is
+//! dropped by JetStream: at-least-once input, effectively-once output.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind};
-use futures::future::try_join_all;
+use futures::future::join_all;
 
 use crate::message::{Message, Origin};
-use crate::pipeline::{MSG_ID_HEADER, Outcome, PLUGIN_HEADER, TENANT_HEADER};
+use crate::pipeline::{MSG_ID_HEADER, Outcome, PLUGIN_HEADER, TENANT_HEADER, host_owned};
 use crate::telemetry::TenantStats;
 
 /// Why the message was dead-lettered.
@@ -28,6 +28,25 @@ pub const SOURCE_SEQ_HEADER: &str = "Sluice-Source-Seq";
 pub const SOURCE_SUBJECT_HEADER: &str = "Sluice-Source-Subject";
 /// How many deliveries the source had.
 pub const DELIVERED_HEADER: &str = "Sluice-Delivered";
+/// Set on a dead letter whose payload was cut to fit the server's
+/// `max_payload`: the original payload's length in bytes.
+pub const TRUNCATED_HEADER: &str = "Sluice-Truncated";
+/// A producer's `Nats-*` header is kept on a dead letter under this prefix
+/// (`Nats-TTL` → `Sluice-Source-Nats-TTL`): as itself it would be an
+/// instruction to the dead-letter stream (an expected sequence that never
+/// matches, a TTL, a rollup that purges earlier dead letters).
+pub const SOURCE_HEADER_PREFIX: &str = "Sluice-Source-";
+
+/// Room left in a dead letter for the protocol's own framing (the `HPUB`
+/// line's sizes, `NATS/1.0`, line ends) beyond the headers counted.
+const FRAMING: usize = 64;
+
+/// Outputs of one message published before their PubAcks are awaited. A
+/// fan-out is sent in windows of this size, so the number of PubAcks a
+/// tenant waits for is bounded by `max_in_flight` × this, and the sink's
+/// publish context allows that many: a large fan-out can never wait on
+/// PubAck permits that only its own unsent window would free.
+pub const PUBLISH_WINDOW: usize = 128;
 
 /// Longest `Sluice-Reason` kept; a guest's reason is its own text, and a
 /// header is no place for a novel.
@@ -69,6 +88,7 @@ pub fn give_up_on_last_delivery(outcome: Outcome, delivered: u32, max_deliver: u
             Outcome::DeadLetter {
                 reason: format!("gave up after {delivered} deliveries: {why}"),
                 plugin,
+                limit: None,
             }
         }
         other => other,
@@ -82,25 +102,42 @@ pub struct Sink {
     dead_letter: String,
     backoff: Vec<Duration>,
     max_deliver: u32,
+    /// No nak asks for a longer delay than this.
+    max_retry_delay: Duration,
     stats: Arc<TenantStats>,
 }
 
 impl Sink {
-    /// A sink publishing through `js`.
+    /// A sink publishing on `js`'s connection, for a tenant with at most
+    /// `max_in_flight` messages in flight.
+    #[allow(clippy::too_many_arguments)] // One tenant's settle settings.
     pub fn new(
-        js: jetstream::Context,
+        js: &jetstream::Context,
         tenant: Arc<str>,
         dead_letter: String,
         backoff: Vec<Duration>,
         max_deliver: u32,
+        max_retry_delay: Duration,
+        max_in_flight: usize,
         stats: Arc<TenantStats>,
     ) -> Self {
+        let client = js.client();
+        // Room for every window of every message in flight; async-nats's
+        // default of 5,000 would let 40 fan-outs deadlock each other.
+        let inflight = max_in_flight
+            .saturating_mul(PUBLISH_WINDOW)
+            .clamp(PUBLISH_WINDOW, tokio::sync::Semaphore::MAX_PERMITS);
+        let js = jetstream::ContextBuilder::new()
+            .timeout(crate::source::API_TIMEOUT)
+            .max_ack_inflight(inflight)
+            .build(client);
         Sink {
             js,
             tenant,
             dead_letter,
             backoff,
             max_deliver,
+            max_retry_delay,
             stats,
         }
     }
@@ -116,22 +153,29 @@ impl Sink {
     ) -> Settled {
         let tenant = &*self.tenant;
         let (stream, seq) = (&origin.stream, origin.stream_seq);
-        let retry_delay = backoff_for(&self.backoff, origin.delivered);
+        let retry_delay = backoff_for(&self.backoff, origin.delivered).min(self.max_retry_delay);
         match outcome {
-            Outcome::Publish { outputs, plugin } => match self.publish_all(outputs).await {
-                Ok((count, duplicates)) => {
-                    TenantStats::bump(&self.stats.published, 1);
-                    TenantStats::bump(&self.stats.outputs, count - duplicates);
-                    self.stats.record_latency(micros_since(origin.published_us));
-                    self.ack(msg).await
-                }
+            Outcome::Publish { outputs, plugin } if self.oversized(&outputs).is_some() => {
+                let (index, size, max) = self.oversized(&outputs).unwrap_or_default();
+                self.stats.count_limit("max_payload");
+                // The server refuses it on every delivery: retrying cannot
+                // help, so it is a dead letter now, not after max_deliver.
+                let reason = format!(
+                    "output {index} is {size} bytes with its headers, over the server's max_payload of {max} bytes"
+                );
+                self.dead_letter(msg, origin, source, &reason, &plugin)
+                    .await
+            }
+            Outcome::Publish { outputs, plugin } => match self.publish_all(&outputs).await {
+                Ok(stored) => self.published(msg, origin, stored).await,
                 Err(e) => {
                     TenantStats::bump(&self.stats.publish_errors, 1);
-                    if origin.delivered >= self.max_deliver {
-                        // Naking now would let the server's last delivery
-                        // go by and drop the message unseen: keep it as a
-                        // dead letter instead.
-                        tracing::warn!(tenant, stream, seq, error = %e, "publishing outputs failed on the last delivery; dead-lettering");
+                    if origin.delivered >= self.max_deliver && e.is_unroutable() {
+                        // No stream captures the output subject and none
+                        // was stored: a configuration problem that waiting
+                        // will not fix. The message is kept whole, with
+                        // its reason, rather than held for ever.
+                        tracing::warn!(tenant, stream, seq, error = %e, "no stream stores the outputs, on the last delivery; dead-lettering");
                         let reason = format!(
                             "gave up after {} deliveries: publishing outputs failed: {e}",
                             origin.delivered
@@ -139,6 +183,17 @@ impl Sink {
                         return self
                             .dead_letter(msg, origin, source, &reason, &plugin)
                             .await;
+                    }
+                    if origin.delivered >= self.max_deliver {
+                        // Some outputs may be stored already: a dead letter
+                        // now would leave the message half-published, and a
+                        // nak would let the server's last deliveries go by.
+                        // Keep the message (the tenant sends in-progress
+                        // acks) and publish the same outputs, same ids,
+                        // until they are all stored.
+                        tracing::error!(tenant, stream, seq, error = %e, "publishing outputs failed on the last delivery; holding the message and retrying until they are stored");
+                        let stored = self.publish_until_stored(&outputs).await;
+                        return self.published(msg, origin, stored).await;
                     }
                     tracing::warn!(tenant, stream, seq, error = %e, "publishing outputs failed; nak, redelivery re-publishes with the same message ids");
                     self.nak(msg, retry_delay).await
@@ -153,9 +208,12 @@ impl Sink {
                 if let Some(f) = &failure {
                     tracing::debug!(tenant, stream, seq, plugin, failure = %f, "guest failed; retrying");
                 }
-                self.nak(msg, delay.unwrap_or(retry_delay)).await
+                // A guest's delay is its own number: capped, so that
+                // `retry(u32::MAX)` waits an hour, not 49 days.
+                let delay = delay.unwrap_or(retry_delay).min(self.max_retry_delay);
+                self.nak(msg, delay).await
             }
-            Outcome::DeadLetter { reason, plugin } => {
+            Outcome::DeadLetter { reason, plugin, .. } => {
                 self.dead_letter(msg, origin, source, &reason, &plugin)
                     .await
             }
@@ -174,30 +232,87 @@ impl Sink {
     ) -> Settled {
         let tenant = &*self.tenant;
         let (stream, seq) = (&origin.stream, origin.stream_seq);
-        let letter = self.dead_letter_message(origin, source, reason, plugin);
-        match self.publish_all(vec![letter]).await {
-            Ok((_, duplicates)) => {
-                TenantStats::bump(&self.stats.dead_lettered, 1);
-                TenantStats::bump(&self.stats.duplicates, duplicates);
-                tracing::debug!(tenant, stream, seq, plugin, reason, "dead-lettered");
-                if let Err(e) = msg.ack_with(AckKind::Term).await {
-                    tracing::debug!(tenant, stream, seq, error = %e, "term not sent; the redelivery will be deduplicated");
-                }
-                Settled::Termed
+        let letter = [self.dead_letter_message(origin, source, reason, plugin)];
+        let (_, duplicates) = match self.publish_all(&letter).await {
+            Ok(stored) => stored,
+            Err(e) if origin.delivered > self.max_deliver => {
+                // The consumer allows max_deliver + 1 deliveries: this is
+                // the last one the server will make, so a nak would lose
+                // the message. Hold it and keep trying.
+                TenantStats::bump(&self.stats.publish_errors, 1);
+                tracing::error!(tenant, stream, seq, subject = self.dead_letter, error = %e, "the dead letter could not be stored on the server's last delivery; holding the message and retrying until it is");
+                self.publish_until_stored(&letter).await
             }
             Err(e) => {
                 TenantStats::bump(&self.stats.publish_errors, 1);
-                if origin.delivered > self.max_deliver {
-                    // The consumer allows max_deliver + 1 deliveries: this
-                    // was the last one the server will make.
-                    tracing::error!(tenant, stream, seq, subject = self.dead_letter, error = %e, "the dead letter could not be stored on the server's last delivery; the message is lost unless an operator redelivers it");
-                } else {
-                    tracing::warn!(tenant, stream, seq, subject = self.dead_letter, error = %e, "publishing the dead letter failed; nak for redelivery");
-                }
-                self.nak(msg, backoff_for(&self.backoff, origin.delivered))
-                    .await
+                tracing::warn!(tenant, stream, seq, subject = self.dead_letter, error = %e, "publishing the dead letter failed; nak for redelivery");
+                let delay = backoff_for(&self.backoff, origin.delivered).min(self.max_retry_delay);
+                return self.nak(msg, delay).await;
             }
+        };
+        TenantStats::bump(&self.stats.dead_lettered, 1);
+        TenantStats::bump(&self.stats.duplicates, duplicates);
+        tracing::debug!(tenant, stream, seq, plugin, reason, "dead-lettered");
+        if let Err(e) = msg.ack_with(AckKind::Term).await {
+            tracing::debug!(tenant, stream, seq, error = %e, "term not sent; the redelivery will be deduplicated");
         }
+        Settled::Termed
+    }
+
+    /// Every output of a message is stored: count them and ack the source.
+    async fn published(
+        &self,
+        msg: &jetstream::Message,
+        origin: &Origin,
+        (count, duplicates): (u64, u64),
+    ) -> Settled {
+        TenantStats::bump(&self.stats.published, 1);
+        TenantStats::bump(&self.stats.outputs, count - duplicates);
+        TenantStats::bump(&self.stats.duplicates, duplicates);
+        self.stats.record_latency(micros_since(origin.published_us));
+        self.ack(msg).await
+    }
+
+    /// Publish `messages` again and again, with the tenant's backoff
+    /// (capped by `max_retry_delay`) between tries, until all are stored.
+    /// For the server's last delivery, which a nak would give up: the
+    /// message is held (and kept from redelivery by in-progress acks) for
+    /// as long as its outputs cannot be stored, and the tenant's in-flight
+    /// limit turns a broken output stream into back-pressure.
+    async fn publish_until_stored(&self, messages: &[Message]) -> (u64, u64) {
+        let mut attempt: u32 = 1;
+        loop {
+            let delay = backoff_for(&self.backoff, attempt).min(self.max_retry_delay);
+            tokio::time::sleep(delay).await;
+            match self.publish_all(messages).await {
+                Ok(stored) => return stored,
+                Err(e) => {
+                    TenantStats::bump(&self.stats.publish_errors, 1);
+                    tracing::warn!(tenant = &*self.tenant, error = %e, attempt, "publishing still fails; retrying");
+                }
+            }
+            attempt = attempt.saturating_add(1);
+        }
+    }
+
+    /// The first output the server would refuse for its size: its index,
+    /// its size with headers, and the server's `max_payload`.
+    fn oversized(&self, outputs: &[Message]) -> Option<(usize, usize, usize)> {
+        let max = self.max_payload();
+        if max == 0 {
+            return None;
+        }
+        outputs.iter().enumerate().find_map(|(i, m)| {
+            let size = header_bytes(&m.headers) + m.payload.len() + FRAMING;
+            (size > max).then_some((i, size, max))
+        })
+    }
+
+    /// The size no output or dead letter may exceed: the `max_payload` of
+    /// the server the connection is on now (it may change on a reconnect;
+    /// before the first INFO, the protocol's default).
+    fn max_payload(&self) -> usize {
+        self.js.client().max_payload()
     }
 
     async fn ack(&self, msg: &jetstream::Message) -> Settled {
@@ -219,23 +334,49 @@ impl Sink {
         Settled::Naked(delay)
     }
 
-    /// Publish every message, then wait for all PubAcks together. Returns
-    /// how many were confirmed and how many of those JetStream reported as
-    /// duplicates.
-    async fn publish_all(&self, messages: Vec<Message>) -> Result<(u64, u64), async_nats::Error> {
-        let mut pending = Vec::with_capacity(messages.len());
-        for m in messages {
-            let headers = header_map(&m.headers);
-            pending.push(
-                self.js
-                    .publish_with_headers(m.subject, headers, m.payload)
-                    .await?
-                    .into_future(),
-            );
+    /// Publish the messages in windows of [`PUBLISH_WINDOW`]: send a
+    /// window, then wait for its PubAcks together. Returns how many were
+    /// confirmed and how many of those JetStream reported as duplicates.
+    /// On an error some may be stored: a retry sends the same ids, which
+    /// the server deduplicates.
+    async fn publish_all(&self, messages: &[Message]) -> Result<(u64, u64), Unstored> {
+        let (mut count, mut duplicates) = (0, 0);
+        for window in messages.chunks(PUBLISH_WINDOW) {
+            let mut pending = Vec::with_capacity(window.len());
+            let mut failed = None;
+            for m in window {
+                let headers = header_map(&m.headers);
+                match self
+                    .js
+                    .publish_with_headers(m.subject.clone(), headers, m.payload.clone())
+                    .await
+                {
+                    Ok(ack) => pending.push(ack.into_future()),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            // Every PubAck of the window is awaited, even after a failure,
+            // so `stored` says how many outputs the server has.
+            for ack in join_all(pending).await {
+                match ack {
+                    Ok(a) => {
+                        count += 1;
+                        duplicates += u64::from(a.duplicate);
+                    }
+                    Err(e) => failed = failed.or(Some(e)),
+                }
+            }
+            if let Some(error) = failed {
+                return Err(Unstored {
+                    stored: count,
+                    error,
+                });
+            }
         }
-        let acks = try_join_all(pending).await?;
-        let duplicates = acks.iter().filter(|a| a.duplicate).count() as u64;
-        Ok((acks.len() as u64, duplicates))
+        Ok((count, duplicates))
     }
 
     fn dead_letter_message(
@@ -245,15 +386,16 @@ impl Sink {
         reason: &str,
         plugin: &str,
     ) -> Message {
-        let mut headers: Vec<(String, String)> = source
-            .headers
-            .iter()
-            .filter(|(k, _)| {
-                let k = k.to_ascii_lowercase();
-                !k.starts_with("sluice-") && k != MSG_ID_HEADER.to_ascii_lowercase()
-            })
-            .cloned()
-            .collect();
+        // Sluice's own headers are rewritten below; a producer's `Nats-*`
+        // headers are kept renamed, never as instructions to the server.
+        let mut headers: Vec<(String, String)> = Vec::with_capacity(source.headers.len() + 9);
+        for (k, v) in &source.headers {
+            if k.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("nats-")) {
+                headers.push((format!("{SOURCE_HEADER_PREFIX}{k}"), v.clone()));
+            } else if !host_owned(k) {
+                headers.push((k.clone(), v.clone()));
+            }
+        }
         let reason: String = reason
             .chars()
             .map(|c| if c.is_control() { ' ' } else { c })
@@ -272,15 +414,83 @@ impl Sink {
             (DELIVERED_HEADER.to_owned(), origin.delivered.to_string()),
             (
                 MSG_ID_HEADER.to_owned(),
-                format!("{}:{}:dlq", origin.stream, origin.stream_seq),
+                format!(
+                    "{}:{}:{}:dlq",
+                    self.tenant, origin.stream, origin.stream_seq
+                ),
             ),
         ]);
+        let payload = fit_dead_letter(&mut headers, &source.payload, self.max_payload());
         Message {
             subject: self.dead_letter.clone(),
             headers,
-            payload: source.payload.clone(),
+            payload,
         }
     }
+}
+
+/// A publish that failed, after `stored` of the messages were confirmed.
+#[derive(Debug)]
+struct Unstored {
+    stored: u64,
+    error: jetstream::context::PublishError,
+}
+
+impl Unstored {
+    /// No stream captures the subject (the server had no responder for
+    /// it) and nothing was stored: retrying cannot help.
+    fn is_unroutable(&self) -> bool {
+        self.stored == 0
+            && self.error.kind() == jetstream::context::PublishErrorKind::StreamNotFound
+    }
+}
+
+impl std::fmt::Display for Unstored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.stored > 0 {
+            write!(f, "{} (after {} stored)", self.error, self.stored)
+        } else {
+            write!(f, "{}", self.error)
+        }
+    }
+}
+
+/// Bytes `headers` take on the wire: `Name: value\r\n` each.
+fn header_bytes(headers: &[(String, String)]) -> usize {
+    headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum()
+}
+
+/// The payload a dead letter can carry within the server's `max_payload`
+/// (headers count against it too). A dead letter too big to store would
+/// fail on every delivery and be lost after the last: so the producer's
+/// own headers go first (the Sluice-* ones, added last, say what happened),
+/// then the payload is cut, and `Sluice-Truncated` gives its full length.
+/// A `max_payload` of 0 (no INFO yet) means no limit known.
+fn fit_dead_letter(
+    headers: &mut Vec<(String, String)>,
+    payload: &bytes::Bytes,
+    max_payload: usize,
+) -> bytes::Bytes {
+    if max_payload == 0 || header_bytes(headers) + payload.len() + FRAMING <= max_payload {
+        return payload.clone();
+    }
+    headers.push((TRUNCATED_HEADER.to_owned(), payload.len().to_string()));
+    // Drop the producer's headers, oldest first, until the host's fit with
+    // room for some payload; the host's own are a fixed, bounded set.
+    let host_start = headers
+        .iter()
+        .position(|(k, _)| k == REASON_HEADER)
+        .unwrap_or(0);
+    let mut producer: Vec<(String, String)> = headers.drain(..host_start).collect();
+    while !producer.is_empty()
+        && header_bytes(&producer) + header_bytes(headers) + FRAMING > max_payload / 2
+    {
+        producer.remove(0);
+    }
+    producer.append(headers);
+    *headers = producer;
+    let room = max_payload.saturating_sub(header_bytes(headers) + FRAMING);
+    payload.slice(..room.min(payload.len()))
 }
 
 /// Microseconds from `us` (Unix epoch microseconds) to now; 0 if the
@@ -316,6 +526,45 @@ mod tests {
     use super::*;
     use crate::wasm::{FailureKind, GuestFailure};
 
+    fn host_headers() -> Vec<(String, String)> {
+        vec![
+            ("Producer".to_owned(), "p".repeat(300)),
+            (REASON_HEADER.to_owned(), "bad".to_owned()),
+            (TENANT_HEADER.to_owned(), "acme".to_owned()),
+        ]
+    }
+
+    #[test]
+    fn a_dead_letter_that_fits_is_left_whole() {
+        let mut headers = host_headers();
+        let payload = bytes::Bytes::from_static(b"small");
+        assert_eq!(fit_dead_letter(&mut headers, &payload, 4096), payload);
+        assert_eq!(headers, host_headers());
+        assert_eq!(fit_dead_letter(&mut headers, &payload, 0), payload);
+    }
+
+    #[test]
+    fn a_dead_letter_too_big_is_cut_to_fit_with_the_hosts_headers_kept() {
+        let payload = bytes::Bytes::from(vec![b'x'; 5000]);
+        let mut headers = host_headers();
+        let cut = fit_dead_letter(&mut headers, &payload, 512);
+        assert!(header_bytes(&headers) + cut.len() + FRAMING <= 512);
+        assert!(!cut.is_empty());
+        assert!(
+            headers
+                .iter()
+                .any(|(k, v)| k == TRUNCATED_HEADER && v == "5000")
+        );
+        assert!(headers.iter().any(|(k, _)| k == REASON_HEADER));
+        // The 300-byte producer header would leave too little payload.
+        assert!(!headers.iter().any(|(k, _)| k == "Producer"));
+
+        let mut headers = host_headers();
+        let cut = fit_dead_letter(&mut headers, &payload, 4096);
+        assert!(headers.iter().any(|(k, _)| k == "Producer"));
+        assert!(header_bytes(&headers) + cut.len() + FRAMING <= 4096);
+    }
+
     #[test]
     fn backoff_follows_deliveries_and_repeats_the_last() {
         let b = [Duration::from_secs(1), Duration::from_secs(5)];
@@ -333,7 +582,8 @@ mod tests {
             plugin: "p@1".into(),
         };
         assert_eq!(give_up_on_last_delivery(retry.clone(), 2, 3), retry);
-        let Outcome::DeadLetter { reason, plugin } = give_up_on_last_delivery(retry, 3, 3) else {
+        let Outcome::DeadLetter { reason, plugin, .. } = give_up_on_last_delivery(retry, 3, 3)
+        else {
             panic!("expected a dead letter")
         };
         assert_eq!(plugin, "p@1");

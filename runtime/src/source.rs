@@ -53,12 +53,15 @@ pub enum ConnectError {
 /// Connect with the given settings. Returns at once even when no server is
 /// up: the client keeps retrying in the background, so a host started
 /// before NATS comes up on its own.
+///
+/// Server URLs may carry a password (`nats://user:secret@host`): every
+/// log line and error here names them through [`redacted_servers`].
 pub async fn connect(
     nats: &NatsConfig,
     base_dir: &Path,
     name: &str,
 ) -> Result<Client, ConnectError> {
-    let servers = nats.servers.join(", ");
+    let servers = redacted_servers(&nats.servers);
     let mut options = ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
@@ -102,11 +105,25 @@ pub async fn connect(
         .iter()
         .map(|s| {
             s.parse().map_err(|source| ConnectError::Url {
-                url: s.clone(),
+                url: redact_url(s),
                 source,
             })
         })
         .collect::<Result<_, _>>()?;
+    // async-nats does not send the credentials of a `nats://user:pass@host`
+    // URL by itself: without other credentials in the config, the first
+    // URL's are used (a user alone is a token, as NATS has it).
+    let configured = nats.token.is_some()
+        || nats.user.is_some()
+        || nats.nkey_file.is_some()
+        || nats.creds_file.is_some();
+    if !configured && let Some(addr) = addrs.iter().find(|a| a.username().is_some()) {
+        let user = addr.username().unwrap_or_default().to_owned();
+        options = match addr.password() {
+            Some(password) => options.user_and_password(user, password.to_owned()),
+            None => options.token(user),
+        };
+    }
     options
         .connect(addrs)
         .await
@@ -163,6 +180,21 @@ pub enum TopologyError {
         /// The config file, for the command.
         config: String,
     },
+    /// An existing consumer has a setting under which the host would lose
+    /// or misroute messages; the host refuses to bind it.
+    #[error("{what} has {setting} {have}, the host needs {want}; {fix}")]
+    Drifted {
+        /// `consumer ACME/sluice`.
+        what: String,
+        /// The consumer setting.
+        setting: &'static str,
+        /// What the server has.
+        have: String,
+        /// What the host needs.
+        want: String,
+        /// How to fix it.
+        fix: String,
+    },
     /// The server could not be asked (down, timeout, permissions).
     #[error("cannot {action}: {reason}")]
     Api {
@@ -176,9 +208,13 @@ pub enum TopologyError {
 }
 
 impl TopologyError {
-    /// Missing pieces need an operator; API errors may pass on their own.
+    /// Missing or drifted pieces need an operator; API errors may pass on
+    /// their own.
     pub fn is_missing(&self) -> bool {
-        matches!(self, TopologyError::Missing { .. })
+        matches!(
+            self,
+            TopologyError::Missing { .. } | TopologyError::Drifted { .. }
+        )
     }
 }
 
@@ -195,8 +231,12 @@ fn api(action: impl Into<String>) -> impl FnOnce(async_nats::Error) -> TopologyE
 pub struct Report {
     /// Things created.
     pub created: Vec<String>,
-    /// Things that exist and differ from the config (never changed).
+    /// Things that exist and differ from the config in ways the host can
+    /// live with (left as they are).
     pub warnings: Vec<String>,
+    /// Consumers whose settings were updated to what the host needs
+    /// (provisioning only).
+    pub updated: Vec<String>,
 }
 
 /// Does the stream named `name` exist?
@@ -251,8 +291,9 @@ async fn ensure_stream(
                 && info.config.duplicate_window < window
             {
                 report.warnings.push(format!(
-                    "stream {name} has a duplicate window of {:?}, shorter than the configured {:?}; redeliveries after it may store duplicates",
-                    info.config.duplicate_window, window
+                    "stream {name} has a duplicate window of {}, shorter than the configured {}; redeliveries after it may store duplicates",
+                    humantime::format_duration(info.config.duplicate_window),
+                    humantime::format_duration(window)
                 ));
             }
             Ok(())
@@ -329,6 +370,9 @@ pub async fn ensure_tenant(
     }
     ensure_stream(js, &tenant.stream, &subjects, None, create, &file, report).await?;
     let window = Some(config.defaults.duplicate_window);
+    if let Err(e) = config.check_duplicate_window_of(id, tenant) {
+        report.warnings.push(e.to_string());
+    }
     if let Some(out) = &tenant.output_stream {
         let permits = config
             .permits_of(id, tenant)
@@ -359,32 +403,52 @@ pub async fn ensure_tenant(
     match stream.consumer_info(&tenant.consumer).await {
         Ok(info) => {
             let have = &info.config;
-            if have.filter_subject != wanted.filter_subject
-                && !have.filter_subjects.contains(&wanted.filter_subject)
-            {
-                report.warnings.push(format!(
-                    "{name} filters `{}`, the config says `{}`; left as it is",
-                    have.filter_subject, wanted.filter_subject
-                ));
-            }
-            if have.ack_policy != consumer::AckPolicy::Explicit {
-                report.warnings.push(format!(
-                    "{name} does not use explicit acks; the host's acks may be ignored"
-                ));
-            }
             if have.ack_wait != wanted.ack_wait {
                 report.warnings.push(format!(
-                    "{name} has ack_wait {:?}, the config says {:?}; the host follows the config for in-progress acks",
+                    "{name} has ack_wait {:?}, the config says {:?}; the host sends in-progress acks by the server's",
                     have.ack_wait, wanted.ack_wait
                 ));
             }
-            if have.max_deliver > 0 && have.max_deliver < wanted.max_deliver - 1 {
-                report.warnings.push(format!(
-                    "{name} allows {} deliveries, fewer than max_deliver {}; the server may give up before the host dead-letters",
-                    have.max_deliver,
-                    wanted.max_deliver - 1
-                ));
+            let drift = drift(have, &wanted);
+            let Some(&(setting, ref have_value, ref want_value)) = drift.first() else {
+                return stream
+                    .get_consumer(&tenant.consumer)
+                    .await
+                    .map_err(api(format!("open {name}")));
+            };
+            let drifted = |fix: String| TopologyError::Drifted {
+                what: name.clone(),
+                setting,
+                have: have_value.clone(),
+                want: want_value.clone(),
+                fix,
+            };
+            if have.ack_policy != consumer::AckPolicy::Explicit {
+                // The server cannot change a consumer's ack policy.
+                return Err(drifted(format!(
+                    "delete it (`nats consumer rm {} {}`) and run `sluice provision --config {file}`; it resumes from the stream's start unless you set a start sequence",
+                    tenant.stream, tenant.consumer
+                )));
             }
+            if !create {
+                return Err(drifted(format!(
+                    "update it with `sluice provision --config {file}`"
+                )));
+            }
+            let mut fixed = have.clone();
+            fixed.filter_subject = wanted.filter_subject.clone();
+            fixed.filter_subjects = Vec::new();
+            fixed.max_deliver = wanted.max_deliver;
+            fixed.headers_only = false;
+            stream
+                .update_consumer(fixed)
+                .await
+                .map_err(|e| api(format!("update {name}"))(e.into()))?;
+            let what: Vec<String> = drift
+                .iter()
+                .map(|(k, h, w)| format!("{k} {h} → {w}"))
+                .collect();
+            report.updated.push(format!("{name}: {}", what.join(", ")));
             stream
                 .get_consumer(&tenant.consumer)
                 .await
@@ -410,5 +474,109 @@ pub async fn ensure_tenant(
             Ok(c)
         }
         Err(e) => Err(api(format!("look up {name}"))(e.into())),
+    }
+}
+
+/// The settings of an existing consumer under which the host would lose or
+/// misroute messages, as (setting, what it has, what the host needs):
+/// acks that are not explicit (acks ignored, or messages gone on
+/// delivery), no delivery to spare for the dead letter (the server gives
+/// up first), headers only (guests see empty payloads), another filter
+/// (another tenant's messages).
+fn drift(
+    have: &consumer::Config,
+    wanted: &consumer::pull::Config,
+) -> Vec<(&'static str, String, String)> {
+    let mut drift = Vec::new();
+    if have.ack_policy != consumer::AckPolicy::Explicit {
+        drift.push((
+            "ack_policy",
+            format!("{:?}", have.ack_policy).to_lowercase(),
+            "explicit".to_owned(),
+        ));
+    }
+    if have.max_deliver > 0 && have.max_deliver < wanted.max_deliver {
+        drift.push((
+            "max_deliver",
+            have.max_deliver.to_string(),
+            format!(
+                "at least {} (the config's max_deliver and one spare delivery for the dead letter)",
+                wanted.max_deliver
+            ),
+        ));
+    }
+    if have.headers_only {
+        drift.push(("headers_only", "true".to_owned(), "false".to_owned()));
+    }
+    let filters_match = have.filter_subject == wanted.filter_subject
+        || (have.filter_subject.is_empty()
+            && have.filter_subjects.len() == 1
+            && have.filter_subjects[0] == wanted.filter_subject);
+    if !filters_match {
+        let have_filter = if have.filter_subjects.is_empty() {
+            have.filter_subject.clone()
+        } else {
+            have.filter_subjects.join(", ")
+        };
+        drift.push((
+            "filter",
+            format!("`{have_filter}`"),
+            format!("`{}`", wanted.filter_subject),
+        ));
+    }
+    drift
+}
+
+/// `url` with any password or token in it replaced by `***`
+/// (`nats://ann:secret@h:4222` → `nats://ann:***@h:4222`,
+/// `nats://token@h` → `nats://***@h`), for logs, errors, `/healthz` and
+/// metric labels, which must never show a credential.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    let host = &rest[at..];
+    match scheme {
+        Some(scheme) => format!("{scheme}://{userinfo}{host}"),
+        None => format!("{userinfo}{host}"),
+    }
+}
+
+/// A server list for people to read, credentials redacted.
+pub fn redacted_servers(servers: &[String]) -> String {
+    servers
+        .iter()
+        .map(|s| redact_url(s))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_server_urls_are_never_shown() {
+        for (url, shown) in [
+            ("nats://ann:secret@h:4222", "nats://ann:***@h:4222"),
+            ("nats://tok3n@h:4222", "nats://***@h:4222"),
+            ("tls://ann:p@ss@h", "tls://ann:***@h"),
+            ("ann:secret@h:4222", "ann:***@h:4222"),
+            ("nats://h:4222", "nats://h:4222"),
+            ("nats://h:4222/a@b", "nats://h:4222/a@b"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        let servers = ["nats://a:x@h1".to_owned(), "nats://h2".to_owned()];
+        assert_eq!(redacted_servers(&servers), "nats://a:***@h1, nats://h2");
     }
 }

@@ -64,6 +64,9 @@ pub struct TenantStats {
     pub outcomes: std::sync::Mutex<
         std::collections::HashMap<String, std::collections::HashMap<&'static str, u64>>,
     >,
+    /// Messages dead-lettered because their outputs broke a host limit, by
+    /// the limit's config key (`max_outputs`, `max_payload`…).
+    pub limit_hits: std::sync::Mutex<std::collections::HashMap<&'static str, u64>>,
     /// Guest failures by (plugin name, cause).
     pub failure_causes: std::sync::Mutex<std::collections::HashMap<(String, &'static str), u64>>,
     /// Messages that ran through the pipeline again, one at a time, because
@@ -147,6 +150,7 @@ impl Default for TenantStats {
             last_settled_us: AtomicU64::new(0),
             outcomes: Default::default(),
             failure_causes: Default::default(),
+            limit_hits: Default::default(),
             batch_reruns: AtomicU64::new(0),
             // 50 µs to ~3.3 s: a Rust pipeline lands in the first buckets,
             // an interpreted one or a queue under load further up.
@@ -211,6 +215,13 @@ impl TenantStats {
         let name = plugin.split('@').next().unwrap_or(plugin);
         if let Ok(mut m) = self.failure_causes.lock() {
             *m.entry((name.to_owned(), cause)).or_default() += 1;
+        }
+    }
+
+    /// Count one message dead-lettered for breaking `limit`.
+    pub fn count_limit(&self, limit: &'static str) {
+        if let Ok(mut m) = self.limit_hits.lock() {
+            *m.entry(limit).or_default() += 1;
         }
     }
 

@@ -74,6 +74,10 @@ pub struct Tenant {
     permits: Arc<Semaphore>,
     pool: Arc<WorkerPool>,
     sink: Sink,
+    /// The bound consumer's `ack_wait` in ms (the config's until bound): an
+    /// existing consumer may differ from the config, and in-progress acks
+    /// must come before the server's redelivery, not the config's.
+    ack_wait_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Tenant {
@@ -90,20 +94,28 @@ impl Tenant {
         let stats = Arc::new(TenantStats::default());
         Arc::new(Tenant {
             sink: Sink::new(
-                js,
+                &js,
                 id.clone(),
                 dead_letter,
                 limits.backoff.clone(),
                 limits.max_deliver,
+                limits.max_retry_delay,
+                limits.max_in_flight,
                 stats.clone(),
             ),
             permits: Arc::new(Semaphore::new(limits.max_in_flight)),
+            ack_wait_ms: std::sync::atomic::AtomicU64::new(millis(limits.ack_wait)),
             pipeline: ArcSwap::from_pointee(pipeline),
             id,
             limits,
             stats,
             pool,
         })
+    }
+
+    /// The bound consumer's `ack_wait`.
+    fn ack_wait(&self) -> Duration {
+        Duration::from_millis(self.ack_wait_ms.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Messages currently between pull and settle (permits reserved for a
@@ -127,6 +139,13 @@ impl Tenant {
         tasks: TaskTracker,
     ) -> Result<(), ConsumerDeleted> {
         let tenant = &*self.id;
+        let server_ack_wait = consumer.cached_info().config.ack_wait;
+        if !server_ack_wait.is_zero() {
+            self.ack_wait_ms.store(
+                millis(server_ack_wait),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         let mut pause = ERROR_PAUSE.0;
         while !shutdown.is_cancelled() {
             // Wait for one free permit, then take every other free one, up
@@ -314,8 +333,8 @@ impl Tenant {
         let work = self.pool.run_batch(pipeline, items.clone());
         tokio::pin!(work);
         let started = Instant::now();
-        let half = self.limits.ack_wait / 2;
-        let give_up = self.limits.ack_wait * MAX_PROGRESS_ACK_WAITS;
+        let half = self.ack_wait() / 2;
+        let give_up = self.ack_wait().saturating_mul(MAX_PROGRESS_ACK_WAITS);
         let result = loop {
             tokio::select! {
                 r = &mut work => break r,
@@ -374,6 +393,12 @@ impl Tenant {
         {
             self.stats.count_failure(plugin, f.kind.as_str());
         }
+        if let crate::pipeline::Outcome::DeadLetter {
+            limit: Some(limit), ..
+        } = &outcome
+        {
+            self.stats.count_limit(limit);
+        }
         let outcome =
             sink::give_up_on_last_delivery(outcome, origin.delivered, self.limits.max_deliver);
         self.stats.count_outcome(outcome.plugin(), outcome.kind());
@@ -382,7 +407,21 @@ impl Tenant {
             outcome = outcome.kind(),
             "settling"
         );
-        self.sink.settle(&held.msg, origin, source, outcome).await;
+        let settling = self.sink.settle(&held.msg, origin, source, outcome);
+        tokio::pin!(settling);
+        // Publishing a large fan-out, or holding a message whose outputs
+        // cannot be stored yet, can take longer than ack_wait: keep telling
+        // JetStream, or it would redeliver (to this host or another) a
+        // message that is still being settled.
+        let half = self.ack_wait() / 2;
+        loop {
+            tokio::select! {
+                _ = &mut settling => break,
+                () = tokio::time::sleep(half) => {
+                    let _ = held.msg.ack_with(AckKind::Progress).await;
+                }
+            }
+        }
         self.stats.mark_settled();
     }
 }
@@ -413,4 +452,9 @@ impl Drop for InFlight<'_> {
             .in_flight
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// `d` in whole milliseconds, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -11,6 +11,7 @@ use crate::wasm::Runtime;
 
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
+    config.check_duplicate_window()?;
     let runtime = Arc::new(Runtime::new(super::cache_dir(Some(&config)))?);
     let registry = Registry::load(runtime, &config)?;
     for id in config.tenants.keys() {

@@ -100,6 +100,7 @@ pub fn run(args: HandleArgs) -> anyhow::Result<()> {
         let limits = Limits {
             deadline: args.deadline,
             memory: args.memory,
+            ..Limits::default()
         };
         let plugin = runtime.load_file(&name, path, limits)?;
         let origin = origin(&args, &tenant, published_us);
@@ -226,7 +227,7 @@ fn outcome_json(outcome: &Outcome, backoff: &[Duration], delivered: u32) -> Valu
             "messages": outputs.iter().map(message_json).collect::<Vec<_>>(),
         }),
         Outcome::Ack { plugin } => json!({"verdict": "ack", "plugin": plugin}),
-        Outcome::DeadLetter { reason, plugin } => {
+        Outcome::DeadLetter { reason, plugin, .. } => {
             json!({"verdict": "dead-letter", "reason": reason, "plugin": plugin})
         }
         Outcome::Retry {

@@ -53,6 +53,9 @@ pub async fn provision(path: &Path, verify: bool) -> anyhow::Result<()> {
         for created in &report.created {
             println!("{id}: created {created}");
         }
+        for updated in &report.updated {
+            println!("{id}: updated {updated}");
+        }
         for warning in &report.warnings {
             println!("{id}: warning: {warning}");
         }
@@ -62,7 +65,8 @@ pub async fn provision(path: &Path, verify: bool) -> anyhow::Result<()> {
                 let unreachable = !e.is_missing();
                 let e = anyhow::Error::from(e);
                 println!("{id}: {e:#}");
-                let servers = source::tenant_nats(&config, tenant).servers.join(", ");
+                let servers =
+                    source::redacted_servers(&source::tenant_nats(&config, tenant).servers);
                 if unreachable {
                     problems.push(format!(
                         "tenant `{id}`: {e:#} (is NATS at {servers} reachable?)"

@@ -23,12 +23,13 @@ use wasmtime::component::types::{ComponentItem, Type};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, Trap};
 
-use crate::message::{Message, Origin, Verdict};
+use crate::message::{Message, Origin, OutputCaps, Verdict};
 use bindings::batch::{BatchHandler, BatchHandlerPre};
 use bindings::{Handler, HandlerPre};
 use sandbox::HostState;
+pub use sandbox::log_lines_dropped;
 
-pub use cache::CompileCache;
+pub use cache::{CompileCache, KEEP_IN_MEMORY, KEEP_ON_DISK};
 
 /// An instance whose linear memory has grown past this share of its limit
 /// (numerator / denominator) is retired after the call that grew it, and the
@@ -147,6 +148,23 @@ pub struct Limits {
     pub deadline: Duration,
     /// Linear-memory limit in bytes.
     pub memory: u64,
+    /// What one verdict may produce.
+    pub outputs: OutputCaps,
+    /// Most `host.log` lines (and stdout/stderr lines) an instance may
+    /// write per second; the rest are dropped and counted.
+    pub log_lines_per_second: u32,
+}
+
+impl Default for Limits {
+    /// The config's defaults for `[plugins]`.
+    fn default() -> Self {
+        Limits {
+            deadline: crate::config::DEFAULT_DEADLINE,
+            memory: crate::config::DEFAULT_MEMORY,
+            outputs: OutputCaps::default(),
+            log_lines_per_second: crate::config::DEFAULT_LOG_LINES_PER_SECOND,
+        }
+    }
 }
 
 /// One compiled version of a plugin, ready to instantiate. Immutable: a new
@@ -217,11 +235,12 @@ impl Plugin {
         tenant: &str,
         config: &[(String, String)],
     ) -> Result<GuestInstance, WasmError> {
-        let state = HostState::new(Arc::from(tenant), self.name.clone(), self.limits.memory);
+        let state = HostState::new(Arc::from(tenant), self.name.clone(), &self.limits);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(deadline_ticks(self.limits.deadline));
+        store.data_mut().start_call(self.limits.deadline);
         let failed = |store: &Store<HostState>, e: wasmtime::Error| WasmError::InitFailed {
             plugin: self.name.to_string(),
             failure: classify(store, &e),
@@ -285,7 +304,9 @@ fn deadline_ticks(deadline: Duration) -> u64 {
 fn classify(store: &Store<HostState>, e: &wasmtime::Error) -> GuestFailure {
     let kind = if store.data().limiter.hit {
         FailureKind::Memory
-    } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+    } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt)
+        || e.downcast_ref::<sandbox::BlockedPastDeadline>().is_some()
+    {
         FailureKind::Deadline
     } else {
         FailureKind::Trap
@@ -375,6 +396,9 @@ impl GuestInstance {
     ) -> Result<Verdict, GuestFailure> {
         self.store
             .set_epoch_deadline(deadline_ticks(self.plugin.limits.deadline));
+        self.store
+            .data_mut()
+            .start_call(self.plugin.limits.deadline);
         let msg = msg.into();
         let verdict = match &self.handler {
             Exports::Single(h) => h.call_handle(&mut self.store, &origin.0, &msg),
@@ -413,6 +437,9 @@ impl GuestInstance {
         let count = u32::try_from(n).unwrap_or(u32::MAX);
         self.store
             .set_epoch_deadline(deadline_ticks(self.plugin.limits.deadline));
+        self.store
+            .data_mut()
+            .start_call(self.plugin.limits.deadline);
         call_batch(
             &mut self.store,
             h,
@@ -462,6 +489,7 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(WasmError::Engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(WasmError::Engine)?;
+        sandbox::bound_poll(&mut linker).map_err(WasmError::Engine)?;
         Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(WasmError::Engine)?;
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -495,6 +523,11 @@ impl Runtime {
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
             .map(|d| d.join("sluice"))
+    }
+
+    /// How many compiled versions the cache holds: (in memory, on disk).
+    pub fn cached(&self) -> (usize, usize) {
+        self.cache.counts()
     }
 
     /// Read and load the plugin file at `path`.
