@@ -363,3 +363,47 @@ async fn a_half_published_message_is_held_and_finished_never_dead_lettered() {
     assert_eq!(ids, ["acme:ACME:1:0", "acme:ACME:1:1", "acme:ACME:1:2"]);
     service.shutdown().await;
 }
+
+/// A consumer deleted under a running host used to stop its tenant for
+/// good: later messages waited until a restart. Now the host binds it again
+/// (re-provisioning it here), and the new consumer's redelivery of what was
+/// already processed is deduplicated by message id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_consumer_is_bound_again() {
+    let server = nats();
+    let (_dir, path) = config_file(&verdict_config("5s", 3, "100ms"), &server.url());
+    let service = Service::start(Config::load(&path).unwrap()).await.unwrap();
+    let js = js(&server.url()).await;
+    wait_for("the input stream", LIMIT, || async {
+        js.get_stream("ACME").await.is_ok()
+    })
+    .await;
+    publish(&js, "acme.in.a", "next").await;
+    wait_for("the first output", LIMIT, || async {
+        stream_len(&js, "ACME_OUT").await == 1
+    })
+    .await;
+    settled(&js, "ACME", "sluice").await;
+
+    js.get_stream("ACME")
+        .await
+        .unwrap()
+        .delete_consumer("sluice")
+        .await
+        .unwrap();
+    publish(&js, "acme.in.b", "next").await;
+    wait_for(
+        "the second output, through a new consumer",
+        LIMIT,
+        || async { stream_len(&js, "ACME_OUT").await == 2 },
+    )
+    .await;
+    settled(&js, "ACME", "sluice").await;
+    assert_eq!(stream_len(&js, "ACME_OUT").await, 2, "the first, once");
+    assert_eq!(
+        service.stats()["acme"].duplicates,
+        1,
+        "its replay deduplicated"
+    );
+    service.shutdown().await;
+}

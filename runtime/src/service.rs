@@ -678,14 +678,45 @@ async fn run_tenant(
     tasks: TaskTracker,
 ) {
     let id = tenant.id.to_string();
+    // A deleted consumer or stream is bound again (re-provisioned when
+    // host.provision is on), with the same backoff as a first bind: the
+    // tenant never stops for good while the host runs.
+    while !cancel.is_cancelled() {
+        let Some(consumer) = bind(&id, &js, &config, &tenant_config, &cancel).await else {
+            return;
+        };
+        tracing::info!(tenant = id, "consumer bound; pulling");
+        tenant.stats.bound.store(true, Ordering::Relaxed);
+        let sampler = tokio::spawn(sample_lag(tenant.clone(), consumer.clone(), cancel.clone()));
+        let pulled = tenant
+            .clone()
+            .pull_loop(consumer, cancel.clone(), tasks.clone())
+            .await;
+        tenant.stats.bound.store(false, Ordering::Relaxed);
+        sampler.abort();
+        if let Err(e) = pulled {
+            tracing::error!(tenant = id, "{e}; binding it again");
+        }
+    }
+}
+
+/// Bind (or provision) the tenant's consumer, retrying until it works or
+/// `cancel`; `None` if cancelled.
+async fn bind(
+    id: &str,
+    js: &async_nats::jetstream::Context,
+    config: &Config,
+    tenant_config: &TenantConfig,
+    cancel: &CancellationToken,
+) -> Option<async_nats::jetstream::consumer::PullConsumer> {
     let mut pause = Duration::from_millis(200);
-    let consumer = loop {
+    loop {
         let mut report = Report::default();
         let attempt = source::ensure_tenant(
-            &js,
-            &config,
-            &id,
-            &tenant_config,
+            js,
+            config,
+            id,
+            tenant_config,
             config.host.provision,
             &mut report,
         )
@@ -700,14 +731,14 @@ async fn run_tenant(
             tracing::warn!(tenant = id, "{warning}");
         }
         let wait = match attempt {
-            Ok(consumer) => break consumer,
+            Ok(consumer) => return Some(consumer),
             Err(e) if e.is_missing() => {
                 tracing::error!(tenant = id, error = %e, "tenant cannot start; checking again in {MISSING_RECHECK:?}");
                 MISSING_RECHECK
             }
             Err(e) => {
                 let servers =
-                    source::redacted_servers(&source::tenant_nats(&config, &tenant_config).servers);
+                    source::redacted_servers(&source::tenant_nats(config, tenant_config).servers);
                 tracing::warn!(tenant = id, %servers, error = %format!("{:#}", anyhow::Error::from(e)), "cannot bind the consumer yet (is NATS reachable?); retrying");
                 pause = (pause * 2).min(Duration::from_secs(5));
                 pause
@@ -715,17 +746,9 @@ async fn run_tenant(
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => return None,
         }
-    };
-    tracing::info!(tenant = id, "consumer bound; pulling");
-    tenant.stats.bound.store(true, Ordering::Relaxed);
-    let sampler = tokio::spawn(sample_lag(tenant.clone(), consumer.clone(), cancel.clone()));
-    if let Err(e) = tenant.clone().pull_loop(consumer, cancel, tasks).await {
-        tracing::error!(tenant = id, "{e}");
     }
-    tenant.stats.bound.store(false, Ordering::Relaxed);
-    sampler.abort();
 }
 
 /// How often consumer lag is sampled: consumer info is a JetStream API

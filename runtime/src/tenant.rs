@@ -49,9 +49,10 @@ const ERROR_PAUSE: (Duration, Duration) = (Duration::from_millis(100), Duration:
 /// finished by then is left to redelivery rather than held forever.
 const MAX_PROGRESS_ACK_WAITS: u32 = 10;
 
-/// The tenant's consumer was deleted: its loop stops.
+/// The tenant's consumer (or its stream) was deleted: its pull loop stops
+/// and the tenant binds again.
 #[derive(Debug, thiserror::Error)]
-#[error("consumer {stream}/{consumer} of tenant `{tenant}` was deleted; the tenant is stopped")]
+#[error("consumer {stream}/{consumer} of tenant `{tenant}` was deleted")]
 pub struct ConsumerDeleted {
     /// Tenant id.
     pub tenant: String,
@@ -264,10 +265,14 @@ impl Tenant {
         pause: &mut Duration,
     ) -> Result<(), ConsumerDeleted> {
         let mut consumer = consumer.clone();
-        // The server answers JetStream error 10014, "consumer not found";
-        // the client surfaces it only as text.
+        // A consumer (or its stream) that is gone will not come back by
+        // pulling again: the caller binds it afresh.
         if let Err(e) = consumer.info().await
-            && e.to_string().contains("consumer not found")
+            && matches!(
+                e.kind(),
+                jetstream::context::ConsumerInfoErrorKind::NotFound
+                    | jetstream::context::ConsumerInfoErrorKind::StreamNotFound
+            )
         {
             let cached = consumer.cached_info();
             return Err(ConsumerDeleted {
