@@ -276,3 +276,55 @@ async fn the_ops_endpoint_cuts_silent_clients_and_caps_connections() {
     assert!(value("sluice_ops_timeouts_total") >= 1.0, "{metrics}");
     service.shutdown().await;
 }
+
+/// A removed tenant's connection used to stay open, and in `/readyz`, for
+/// good: one tenant pointed at a server that is down kept the host unready
+/// after it was gone. Now the last tenant on a connection closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_tenant_closes_its_connection_and_readyz_follows() {
+    let tenants = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[host]\ntenants_dir = \"{}\"\n\n[plugins]\ndir = \"{{dist}}\"\n",
+        tenants.path().display()
+    );
+    let (_dir, path) = config_file(&config, "nats://127.0.0.1:1");
+    let mut service = Service::start(Config::load(&path).unwrap()).await.unwrap();
+    let addr = service
+        .serve_ops("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let probe = move || tokio::task::spawn_blocking(move || get(addr, "/readyz"));
+    assert_eq!(
+        probe().await.unwrap().0,
+        200,
+        "no tenants, nothing to wait for"
+    );
+
+    let gone = tenants.path().join("gone");
+    std::fs::create_dir(&gone).unwrap();
+    std::fs::write(
+        gone.join("tenant.toml"),
+        r#"
+stream = "GONE"
+filter = "gone.in.>"
+output = "{tenant}.out.{subject[2..]}"
+dead_letter = "gone.dlq"
+pipeline = [{ plugin = "tenant-stamp" }]
+
+[nats]
+servers = ["nats://127.0.0.1:1"]
+"#,
+    )
+    .unwrap();
+    wait_for("the tenant to start, unready", LIMIT, || async {
+        let (code, body) = probe().await.unwrap();
+        code == 503 && body.contains("is unreachable")
+    })
+    .await;
+    std::fs::remove_dir_all(&gone).unwrap();
+    wait_for("ready again without it", LIMIT, || async {
+        probe().await.unwrap().0 == 200
+    })
+    .await;
+    service.shutdown().await;
+}

@@ -41,6 +41,9 @@ pub enum TenantSource {
 struct Running {
     tenant: Arc<Tenant>,
     config: TenantConfig,
+    /// The digest of its credentials files when it started: a rotated
+    /// `.creds` or nkey file restarts the tenant on a fresh connection.
+    credentials: Option<String>,
     source: TenantSource,
     cancel: CancellationToken,
     handle: JoinHandle<()>,
@@ -393,6 +396,7 @@ impl Inner {
             id.to_owned(),
             Running {
                 tenant,
+                credentials: credentials_digest(&tenant_config),
                 config: tenant_config,
                 source,
                 cancel,
@@ -411,8 +415,32 @@ impl Inner {
     async fn stop_tenant(&self, id: &str) {
         let running = self.lock_tenants().remove(id);
         if let Some(r) = running {
+            let nats = source::tenant_nats(&self.config, &r.config).clone();
             drain(r, self.config.host.shutdown_grace).await;
             tracing::info!(tenant = id, "tenant stopped");
+            self.release_connection(&nats).await;
+        }
+    }
+
+    /// Close the connection for `nats` if no running tenant uses it any
+    /// more: a removed tenant's connection would otherwise stay open (and
+    /// in `/readyz`) for good, and a restarted one would keep credentials
+    /// that were rotated.
+    async fn release_connection(&self, nats: &crate::config::NatsConfig) {
+        let used = self
+            .lock_tenants()
+            .values()
+            .any(|r| source::tenant_nats(&self.config, &r.config) == nats);
+        if used {
+            return;
+        }
+        if let Ok(mut clients) = self.clients.lock() {
+            clients.retain(|(n, _, _)| n != nats);
+        }
+        let client = self.connections.lock().await.remove(nats);
+        if let Some(client) = client {
+            // Drain flushes what the stopped tenant still had to send.
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.drain()).await;
         }
     }
 
@@ -575,11 +603,11 @@ impl Inner {
                 }
             }
         }
-        let running: BTreeMap<String, TenantConfig> = self
+        let running: BTreeMap<String, (TenantConfig, Option<String>)> = self
             .lock_tenants()
             .iter()
             .filter(|(_, r)| r.source == TenantSource::Folder)
-            .map(|(id, r)| (id.clone(), r.config.clone()))
+            .map(|(id, r)| (id.clone(), (r.config.clone(), r.credentials.clone())))
             .collect();
         for (id, _) in running
             .iter()
@@ -589,7 +617,11 @@ impl Inner {
         }
         for (id, (tc, folder)) in wanted {
             match running.get(&id) {
-                Some(current) if *current == tc => continue,
+                Some((current, credentials))
+                    if *current == tc && *credentials == credentials_digest(&tc) =>
+                {
+                    continue;
+                }
                 Some(_) => self.stop_tenant(&id).await,
                 None => {}
             }
@@ -640,6 +672,21 @@ fn tenant_folders(dir: &Path) -> Vec<(String, PathBuf)> {
 }
 
 /// A folder tenant's credential files are relative to its folder, and a
+/// The SHA-256 of a tenant's `.creds` and nkey files, if it has any and
+/// they can be read: what tells a rotated credential from an unchanged one.
+fn credentials_digest(tc: &TenantConfig) -> Option<String> {
+    let nats = tc.nats.as_ref()?;
+    let mut hasher = Sha256::new();
+    let mut any = false;
+    for path in [&nats.creds_file, &nats.nkey_file].into_iter().flatten() {
+        if let Ok(bytes) = std::fs::read(path) {
+            hasher.update(&bytes);
+            any = true;
+        }
+    }
+    any.then(|| format!("{:x}", hasher.finalize()))
+}
+
 /// `user.creds` beside `tenant.toml` is its credentials when it names none.
 /// Absolute paths also keep two tenants' `user.creds` from sharing a
 /// connection.

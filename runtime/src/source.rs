@@ -151,6 +151,12 @@ impl Connections {
         Ok(client)
     }
 
+    /// Forget the connection for `nats` (its last tenant stopped) and hand
+    /// it back to be closed.
+    pub fn remove(&mut self, nats: &NatsConfig) -> Option<Client> {
+        self.clients.remove(nats)
+    }
+
     /// Every connection made.
     pub fn clients(&self) -> impl Iterator<Item = &Client> {
         self.clients.values()
