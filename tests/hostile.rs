@@ -320,3 +320,27 @@ fn output_caps_are_checked_in_the_config() {
         OutputCaps::default().max_subject
     );
 }
+
+/// A guest logging in a loop used to write every line to the host's log;
+/// now an instance gets `log_lines_per_second` and the rest are dropped
+/// and counted.
+#[test]
+fn a_guest_that_floods_the_log_is_held_to_its_rate() {
+    let plugin = load(
+        "hostile",
+        Limits {
+            log_lines_per_second: 10,
+            ..crate::support::limits()
+        },
+    );
+    let before = sluice::wasm::log_lines_dropped();
+    let mut instance = plugin.instantiate("acme", &[]).unwrap();
+    instance
+        .handle(
+            &crate::support::origin("acme"),
+            msg("acme.in.x", "log:1000"),
+        )
+        .unwrap();
+    // Other tests may drop lines at the same time; this one drops 990.
+    assert!(sluice::wasm::log_lines_dropped() - before >= 990);
+}

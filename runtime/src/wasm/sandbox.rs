@@ -458,3 +458,25 @@ impl AsyncWrite for LineWriter {
         Poll::Ready(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_log_text_cannot_forge_lines() {
+        assert_eq!(escape("plain text"), "plain text");
+        assert_eq!(escape("one\ntwo\r\u{1b}[31m"), "one\\ntwo\\r\\u{1b}[31m");
+    }
+
+    #[test]
+    fn the_log_budget_refills_each_second() {
+        let budget = LogBudget::new(2, "t".into(), "p".into());
+        assert!(budget.take() && budget.take());
+        assert!(!budget.take());
+        if let Ok(mut b) = budget.0.lock() {
+            b.window -= Duration::from_secs(2);
+        }
+        assert!(budget.take());
+    }
+}

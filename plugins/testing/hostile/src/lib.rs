@@ -7,7 +7,8 @@
 //! → one output of BYTES bytes; `subject:LEN` → an output whose subject is
 //! LEN bytes long; `crlf` → an output header whose name holds CR/LF;
 //! `claim` → an output that sets `Nats-*` and `Sluice-*` headers of its
-//! own; `retry-max` → `retry(u32::MAX)`. Anything else → `next`. The
+//! own; `retry-max` → `retry(u32::MAX)`; `log:N` → N `host.log` lines,
+//! each with a line break in it, then `next`. Anything else → `next`. The
 //! config key `init_sleep_ms` makes `init` sleep that long.
 
 use std::time::Duration;
@@ -67,6 +68,12 @@ impl Handler for Hostile {
                 Verdict::Publish(vec![m])
             }
             "retry-max" => Verdict::Retry(u32::MAX),
+            "log" => {
+                for i in 0..n {
+                    sluice_guest::log::info(&format!("line {i}\nforged: line"));
+                }
+                Verdict::Next(msg)
+            }
             _ => Verdict::Next(msg),
         }
     }
