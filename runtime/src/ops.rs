@@ -245,6 +245,23 @@ fn counter_family<'a>(
     Ok(())
 }
 
+/// One row per (tenant, `rows_of` row), the tenant's label first.
+fn per_tenant_rows(
+    tenants: &[Arc<Tenant>],
+    rows_of: impl Fn(&Tenant) -> Vec<(Vec<(&'static str, String)>, u64)>,
+) -> Vec<(Vec<(&'static str, String)>, u64)> {
+    tenants
+        .iter()
+        .flat_map(|t| {
+            rows_of(t).into_iter().map(|(labels, n)| {
+                let mut all = vec![("tenant", t.id.to_string())];
+                all.extend(labels);
+                (all, n)
+            })
+        })
+        .collect()
+}
+
 fn gauge_family<'a>(
     encoder: &mut DescriptorEncoder,
     name: &str,
@@ -335,52 +352,28 @@ impl Collector for HostCollector {
             "Publishes of outputs or dead letters that failed or timed out (the source is nak'ed).",
             per_tenant(&|t| load(&t.stats.publish_errors)),
         )?;
-        let failures: Vec<(Vec<(&str, String)>, u64)> = s
-            .tenants
-            .iter()
-            .flat_map(|t| {
-                let map = t
-                    .stats
-                    .failure_causes
-                    .lock()
-                    .map(|m| m.clone())
-                    .unwrap_or_default();
-                map.into_iter().map(move |((plugin, cause), n)| {
-                    (
-                        vec![
-                            ("tenant", t.id.to_string()),
-                            ("plugin", plugin),
-                            ("cause", cause.to_owned()),
-                        ],
-                        n,
-                    )
+        let failures = per_tenant_rows(&s.tenants, |t| {
+            let map = t.stats.failure_causes.lock().map(|m| m.clone());
+            map.unwrap_or_default()
+                .into_iter()
+                .map(|((plugin, cause), n)| {
+                    (vec![("plugin", plugin), ("cause", cause.to_owned())], n)
                 })
-            })
-            .collect();
+                .collect()
+        });
         counter_family(
             &mut encoder,
             "sluice_guest_failures",
             "Guest calls that failed, by cause: deadline, memory, trap, init.",
             failures,
         )?;
-        let hits: Vec<(Vec<(&str, String)>, u64)> = s
-            .tenants
-            .iter()
-            .flat_map(|t| {
-                let map = t
-                    .stats
-                    .limit_hits
-                    .lock()
-                    .map(|m| m.clone())
-                    .unwrap_or_default();
-                map.into_iter().map(move |(limit, n)| {
-                    (
-                        vec![("tenant", t.id.to_string()), ("limit", limit.to_owned())],
-                        n,
-                    )
-                })
-            })
-            .collect();
+        let hits = per_tenant_rows(&s.tenants, |t| {
+            let map = t.stats.limit_hits.lock().map(|m| m.clone());
+            map.unwrap_or_default()
+                .into_iter()
+                .map(|(limit, n)| (vec![("limit", limit.to_owned())], n))
+                .collect()
+        });
         counter_family(
             &mut encoder,
             "sluice_limit_hits",
