@@ -328,3 +328,84 @@ servers = ["nats://127.0.0.1:1"]
     .await;
     service.shutdown().await;
 }
+
+/// A folder tenant's nkey file is rewritten and the old key is removed
+/// from the server: the host used to keep the key it read at start and
+/// reconnect with it for ever (authorization violations, nothing
+/// processed). Now the changed file restarts that tenant on a new
+/// connection with the new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_nkey_file_is_used_without_a_restart() {
+    let (old, new) = (nkeys::KeyPair::new_user(), nkeys::KeyPair::new_user());
+    let server_config = |key: &nkeys::KeyPair| {
+        format!(
+            "accounts {{ A: {{ jetstream: enabled, users: [ {{ nkey: {} }} ] }} }}\n",
+            key.public_key()
+        )
+    };
+    let server = crate::support::nats_with(Some(&server_config(&old)));
+    let tenants = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[host]\nprovision = true\ntenants_dir = \"{}\"\n\n[plugins]\ndir = \"{{dist}}\"\n",
+        tenants.path().display()
+    );
+    let (_dir, path) = config_file(&config, &server.url());
+    let service = Service::start(Config::load(&path).unwrap()).await.unwrap();
+    let folder = tenants.path().join("acme");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("user.nk"), old.seed().unwrap()).unwrap();
+    std::fs::write(
+        folder.join("tenant.toml"),
+        format!(
+            r#"
+stream = "ACME"
+filter = "acme.in.>"
+output = "{{tenant}}.out.{{subject[2..]}}"
+dead_letter = "acme.dlq"
+output_stream = "ACME_OUT"
+pipeline = [{{ plugin = "tenant-stamp" }}]
+
+[nats]
+servers = ["{}"]
+nkey_file = "user.nk"
+"#,
+            server.url()
+        ),
+    )
+    .unwrap();
+    let as_old = async_nats::ConnectOptions::with_nkey(old.seed().unwrap())
+        .connect(server.url())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(as_old);
+    wait_for("acme's stream", LIMIT, || async {
+        js.get_stream("ACME").await.is_ok()
+    })
+    .await;
+    publish(&js, "acme.in.x", r#"{"n":1}"#).await;
+    wait_for("the first output", LIMIT, || async {
+        stream_len(&js, "ACME_OUT").await == 1
+    })
+    .await;
+
+    // Rotate: the file first, then the server forgets the old key.
+    std::fs::write(folder.join("user.nk"), new.seed().unwrap()).unwrap();
+    let conf = server.store_dir().parent().unwrap().join("server.conf");
+    std::fs::write(&conf, server_config(&new)).unwrap();
+    let reloaded = std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(reloaded.success());
+    let as_new = async_nats::ConnectOptions::with_nkey(new.seed().unwrap())
+        .connect(server.url())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(as_new);
+    publish(&js, "acme.in.x", r#"{"n":2}"#).await;
+    wait_for("the second output, on the new key", LIMIT, || async {
+        stream_len(&js, "ACME_OUT").await == 2
+    })
+    .await;
+    service.shutdown().await;
+}
