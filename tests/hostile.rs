@@ -13,7 +13,8 @@ use sluice::wasm::{FailureKind, Limits, WasmError};
 use sluice::{Origin, OutputCaps};
 
 use crate::support::{
-    config_file, header, js, load, msg, nats, publish, read_stream, settled, stream_len, wait_for,
+    config_file, header, js, load, msg, nats, publish, read_stream, settled, stream_len,
+    tenant_block, wait_for,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -24,20 +25,6 @@ const NEIGHBOUR: u64 = 50;
 /// `plugin`, `globex` runs `verdict`. Each has its own input, output and
 /// dead-letter streams; two deliveries, then a dead letter.
 fn config(plugin: &str) -> String {
-    let tenant = |id: &str, upper: &str, plugin: &str| {
-        format!(
-            r#"
-[tenants.{id}]
-stream = "{upper}"
-filter = "{id}.in.>"
-output = "{{tenant}}.out.{{subject[2..]}}"
-dead_letter = "{id}.dlq"
-output_stream = "{upper}_OUT"
-dead_letter_stream = "{upper}_DLQ"
-pipeline = [{{ plugin = "{plugin}" }}]
-"#
-        )
-    };
     format!(
         r#"
 [nats]
@@ -60,8 +47,8 @@ max_deliver = 2
 backoff = ["100ms"]
 max_retry_delay = "300ms"
 {}{}"#,
-        tenant("acme", "ACME", "hostile"),
-        tenant("globex", "GLOBEX", "verdict"),
+        tenant_block("acme", "ACME", "hostile"),
+        tenant_block("globex", "GLOBEX", "verdict"),
     )
 }
 

@@ -16,6 +16,7 @@ mod jetstream;
 mod lost;
 mod ops;
 mod plugins;
+mod poison;
 mod sandbox;
 mod scaffold;
 mod support;

@@ -359,3 +359,21 @@ pub async fn consumer(
         .await
         .unwrap()
 }
+
+/// A `[tenants.ID]` block: stream `UPPER` (`ID.in.>`), outputs to
+/// `ID.out.…` in `UPPER_OUT`, dead letters to `ID.dlq` in `UPPER_DLQ`,
+/// one stage running `plugin`.
+pub fn tenant_block(id: &str, upper: &str, plugin: &str) -> String {
+    format!(
+        r#"
+[tenants.{id}]
+stream = "{upper}"
+filter = "{id}.in.>"
+output = "{{tenant}}.out.{{subject[2..]}}"
+dead_letter = "{id}.dlq"
+output_stream = "{upper}_OUT"
+dead_letter_stream = "{upper}_DLQ"
+pipeline = [{{ plugin = "{plugin}" }}]
+"#
+    )
+}

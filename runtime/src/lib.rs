@@ -12,7 +12,8 @@
 //! - [`source`] connects to NATS and binds (or provisions) streams and
 //!   consumers; [`tenant`] runs each tenant's pull loop; [`sink`] publishes
 //!   outputs and dead letters and settles the source; [`service`] ties them
-//!   into the running host;
+//!   into the running host; [`unreadable`] finds and dead-letters stored
+//!   messages the NATS client cannot parse;
 //! - [`nats_server`] runs a throwaway nats-server for `sluice dev` and tests;
 //! - [`subject`] validates and matches NATS subjects;
 //! - [`cli`] is the `sluice` command line; [`telemetry`] sets up logging.
@@ -31,6 +32,7 @@ pub mod source;
 pub mod subject;
 pub mod telemetry;
 pub mod tenant;
+pub mod unreadable;
 pub mod wasm;
 pub mod watch;
 

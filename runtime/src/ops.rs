@@ -342,6 +342,18 @@ impl Collector for HostCollector {
         )?;
         counter_family(
             &mut encoder,
+            "sluice_unreadable_messages",
+            "Stored messages the NATS client could not read (a subject that is not UTF-8, a bad header block), found by a sweep and dead-lettered.",
+            per_tenant(&|t| load(&t.stats.unreadable)),
+        )?;
+        counter_family(
+            &mut encoder,
+            "sluice_nats_client_restarts",
+            "NATS connections replaced because their client stopped for good (it panicked on a message it could not parse).",
+            [(Vec::new(), crate::service::client_restarts())],
+        )?;
+        counter_family(
+            &mut encoder,
             "sluice_retries",
             "Messages nak'ed for redelivery.",
             per_tenant(&|t| load(&t.stats.retried)),

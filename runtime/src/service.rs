@@ -38,6 +38,18 @@ pub enum TenantSource {
     Folder,
 }
 
+/// How often connections are checked for a client that stopped for good.
+const CONNECTION_CHECK: Duration = Duration::from_secs(1);
+
+/// Connections restarted because their client stopped for good, since
+/// start (`sluice_nats_client_restarts_total`).
+static CLIENT_RESTARTS: AtomicU64 = AtomicU64::new(0);
+
+/// [`CLIENT_RESTARTS`].
+pub fn client_restarts() -> u64 {
+    CLIENT_RESTARTS.load(Ordering::Relaxed)
+}
+
 struct Running {
     tenant: Arc<Tenant>,
     config: TenantConfig,
@@ -45,6 +57,9 @@ struct Running {
     /// `.creds` or nkey file restarts the tenant on a fresh connection.
     credentials: Option<String>,
     source: TenantSource,
+    /// What its relative paths are relative to, if not the main config's
+    /// folder.
+    base_dir: Option<PathBuf>,
     cancel: CancellationToken,
     handle: JoinHandle<()>,
     tasks: TaskTracker,
@@ -147,7 +162,9 @@ impl Service {
                 .start_tenant(&id, tenant, TenantSource::Config, None)
                 .await?;
         }
-        let mut watchers = Vec::new();
+        let mut watchers = vec![tokio::spawn(
+            inner.clone().supervise_connections(shutdown.clone()),
+        )];
         if let Some(dir) = inner.plugins_dir() {
             let rescan: Rescan = |i| Box::pin(i.rescan_plugins());
             watchers.push(tokio::spawn(
@@ -345,7 +362,7 @@ impl Inner {
         };
         let nats = source::tenant_nats(&self.config, &tenant_config).clone();
         let base = base_dir.unwrap_or(&self.config.base_dir).to_owned();
-        let client = self
+        let (client, connects) = self
             .connections
             .lock()
             .await
@@ -389,6 +406,7 @@ impl Inner {
             js,
             self.config.clone(),
             tenant_config.clone(),
+            connects,
             cancel.clone(),
             tasks.clone(),
         ));
@@ -396,6 +414,7 @@ impl Inner {
             id.to_owned(),
             Running {
                 tenant,
+                base_dir: base_dir.map(Path::to_owned),
                 credentials: credentials_digest(&tenant_config),
                 config: tenant_config,
                 source,
@@ -419,6 +438,54 @@ impl Inner {
             drain(r, self.config.host.shutdown_grace).await;
             tracing::info!(tenant = id, "tenant stopped");
             self.release_connection(&nats).await;
+        }
+    }
+
+    /// Check every connection each [`CONNECTION_CHECK`]; one whose client
+    /// has stopped for good (see [`source::is_dead`]) has its tenants
+    /// restarted on a new one. Their unread messages are then swept before
+    /// the server redelivers them.
+    async fn supervise_connections(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(CONNECTION_CHECK) => {}
+                () = shutdown.cancelled() => return,
+            }
+            let clients = self.clients.lock().map(|c| c.clone()).unwrap_or_default();
+            for (nats, label, client) in clients {
+                if !source::is_dead(&client).await {
+                    continue;
+                }
+                CLIENT_RESTARTS.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    connection = label,
+                    "the NATS client stopped for good (it panicked on a message it could not parse); restarting its tenants on a new connection"
+                );
+                self.restart_connection(&nats).await;
+            }
+        }
+    }
+
+    /// Stop every tenant on the connection for `nats` (which closes it) and
+    /// start them again on a new one.
+    async fn restart_connection(self: &Arc<Self>, nats: &crate::config::NatsConfig) {
+        let _guard = self.changes.lock().await;
+        let on_it: Vec<(String, TenantConfig, TenantSource, Option<PathBuf>)> = self
+            .lock_tenants()
+            .iter()
+            .filter(|(_, r)| source::tenant_nats(&self.config, &r.config) == nats)
+            .map(|(id, r)| (id.clone(), r.config.clone(), r.source, r.base_dir.clone()))
+            .collect();
+        for (id, ..) in &on_it {
+            self.stop_tenant(id).await;
+        }
+        for (id, tc, source, base_dir) in on_it {
+            if let Err(e) = self
+                .start_tenant(&id, tc, source, base_dir.as_deref())
+                .await
+            {
+                tracing::error!(tenant = id, error = %format!("{e:#}"), "tenant cannot restart on a new connection");
+            }
         }
     }
 
@@ -721,6 +788,7 @@ async fn run_tenant(
     js: async_nats::jetstream::Context,
     config: Arc<Config>,
     tenant_config: TenantConfig,
+    connects: tokio::sync::watch::Receiver<u64>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -735,12 +803,19 @@ async fn run_tenant(
         tracing::info!(tenant = id, "consumer bound; pulling");
         tenant.stats.bound.store(true, Ordering::Relaxed);
         let sampler = tokio::spawn(sample_lag(tenant.clone(), consumer.clone(), cancel.clone()));
+        let sweeper = tokio::spawn(tenant.clone().sweep_unreadable(
+            js.clone(),
+            consumer.clone(),
+            connects.clone(),
+            cancel.clone(),
+        ));
         let pulled = tenant
             .clone()
             .pull_loop(consumer, cancel.clone(), tasks.clone())
             .await;
         tenant.stats.bound.store(false, Ordering::Relaxed);
         sampler.abort();
+        sweeper.abort();
         if let Err(e) = pulled {
             tracing::error!(tenant = id, "{e}; binding it again");
         }

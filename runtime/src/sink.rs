@@ -232,7 +232,7 @@ impl Sink {
     ) -> Settled {
         let tenant = &*self.tenant;
         let (stream, seq) = (&origin.stream, origin.stream_seq);
-        let letter = [self.dead_letter_message(origin, source, reason, plugin)];
+        let letter = [self.dead_letter_message(origin, source, reason, plugin, Vec::new())];
         let (_, duplicates) = match self.publish_all(&letter).await {
             Ok(stored) => stored,
             Err(e) if origin.delivered > self.max_deliver => {
@@ -257,6 +257,78 @@ impl Sink {
             tracing::debug!(tenant, stream, seq, error = %e, "term not sent; the redelivery will be deduplicated");
         }
         Settled::Termed
+    }
+
+    /// Dead-letter a stored message the client cannot read (found by a
+    /// sweep, see [`crate::unreadable`]); `true` once the dead letter is
+    /// stored, `false` if `shutdown` came first. While it cannot be stored
+    /// the message is held with in-progress acks: a redelivery would drop
+    /// the connection again.
+    pub async fn dead_letter_unreadable(
+        &self,
+        found: &crate::unreadable::Found,
+        stream: &str,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> bool {
+        use crate::unreadable::{MAX_HEADER_COPY, SOURCE_HEADERS_HEADER, escape, parse_headers};
+        let tenant = &*self.tenant;
+        let m = &found.stored;
+        let origin = Origin {
+            tenant: tenant.to_owned(),
+            stream: stream.to_owned(),
+            stream_seq: m.seq,
+            delivered: 0,
+            published_us: 0,
+        };
+        let (headers, extra) = match parse_headers(&m.headers) {
+            Ok(headers) => (headers, Vec::new()),
+            // The block itself is what cannot be read: it goes along
+            // whole, escaped, as one header.
+            Err(_) => (
+                Vec::new(),
+                vec![(
+                    SOURCE_HEADERS_HEADER.to_owned(),
+                    escape(&m.headers, MAX_HEADER_COPY),
+                )],
+            ),
+        };
+        let source = Message {
+            subject: m.subject.clone(),
+            headers,
+            payload: m.payload.clone(),
+        };
+        let reason = format!(
+            "unreadable message: {} (the NATS client drops the connection on it)",
+            found.problem
+        );
+        let letter = [self.dead_letter_message(&origin, &source, &reason, "", extra)];
+        let mut attempt: u32 = 1;
+        loop {
+            match self.publish_all(&letter).await {
+                Ok((_, duplicates)) => {
+                    TenantStats::bump(&self.stats.dead_lettered, 1);
+                    TenantStats::bump(&self.stats.unreadable, 1);
+                    TenantStats::bump(&self.stats.duplicates, duplicates);
+                    return true;
+                }
+                Err(e) => {
+                    TenantStats::bump(&self.stats.publish_errors, 1);
+                    tracing::warn!(tenant, stream, seq = m.seq, subject = self.dead_letter, error = %e, attempt, "the dead letter of an unreadable message could not be stored; holding the message and retrying");
+                    let client = self.js.client();
+                    let _ = client
+                        .publish(found.ack_subject.clone(), "+WPI".into())
+                        .await;
+                }
+            }
+            // Each try sends an in-progress ack too: often enough for the
+            // shortest ack_wait the config allows.
+            let delay = backoff_for(&self.backoff, attempt).min(Duration::from_millis(500));
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.cancelled() => return false,
+            }
+            attempt = attempt.saturating_add(1);
+        }
     }
 
     /// Every output of a message is stored: count them and ack the source.
@@ -379,12 +451,16 @@ impl Sink {
         Ok((count, duplicates))
     }
 
+    /// The dead letter for `source`. `extra` host headers are added after
+    /// Sluice's own; a `delivered` of 0 (not known) leaves out
+    /// `Sluice-Delivered`.
     fn dead_letter_message(
         &self,
         origin: &Origin,
         source: &Message,
         reason: &str,
         plugin: &str,
+        extra: Vec<(String, String)>,
     ) -> Message {
         // Sluice's own headers are rewritten below; a producer's `Nats-*`
         // headers are kept renamed, never as instructions to the server.
@@ -420,6 +496,10 @@ impl Sink {
                 ),
             ),
         ]);
+        if origin.delivered == 0 {
+            headers.retain(|(k, _)| k != DELIVERED_HEADER);
+        }
+        headers.extend(extra);
         let payload = fit_dead_letter(&mut headers, &source.payload, self.max_payload());
         Message {
             subject: self.dead_letter.clone(),

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::{Client, ConnectOptions};
+use tokio::sync::watch;
 
 use crate::config::{Config, NatsConfig, TenantConfig};
 
@@ -61,6 +62,20 @@ pub async fn connect(
     base_dir: &Path,
     name: &str,
 ) -> Result<Client, ConnectError> {
+    connect_watched(nats, base_dir, name)
+        .await
+        .map(|(client, _)| client)
+}
+
+/// [`connect`], with a count of the connection's (re)connects that moves
+/// on every one: tenants sweep for unreadable messages after each (see
+/// [`crate::unreadable`]).
+pub async fn connect_watched(
+    nats: &NatsConfig,
+    base_dir: &Path,
+    name: &str,
+) -> Result<(Client, watch::Receiver<u64>), ConnectError> {
+    let (connects, watched) = watch::channel(0u64);
     let servers = redacted_servers(&nats.servers);
     let mut options = ConnectOptions::new()
         .name(name)
@@ -71,9 +86,13 @@ pub async fn connect(
     let servers_field = servers.clone();
     options = options.event_callback(move |event| {
         let servers = servers_field.clone();
+        let connects = connects.clone();
         async move {
             match event {
-                async_nats::Event::Connected => tracing::info!(%servers, "connected to NATS"),
+                async_nats::Event::Connected => {
+                    connects.send_modify(|n| *n += 1);
+                    tracing::info!(%servers, "connected to NATS");
+                }
                 async_nats::Event::Disconnected => {
                     tracing::warn!(%servers, "disconnected from NATS; reconnecting in the background")
                 }
@@ -124,42 +143,59 @@ pub async fn connect(
             None => options.token(user),
         };
     }
-    options
+    let client = options
         .connect(addrs)
         .await
-        .map_err(|source| ConnectError::Connect { servers, source })
+        .map_err(|source| ConnectError::Connect { servers, source })?;
+    Ok((client, watched))
+}
+
+/// Whether `client` has stopped for good: its connection task is gone (it
+/// panicked on a message it could not parse), so nothing sent through it
+/// goes anywhere and it never reconnects. A client that is merely
+/// disconnected queues the flush and is not dead.
+pub async fn is_dead(client: &Client) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_millis(200), client.flush()).await,
+        Ok(Err(e)) if e.kind() == async_nats::client::FlushErrorKind::SendError
+    )
 }
 
 /// Connections shared by tenants with identical NATS settings.
 #[derive(Default)]
 pub struct Connections {
-    clients: HashMap<NatsConfig, Client>,
+    clients: HashMap<NatsConfig, (Client, watch::Receiver<u64>)>,
 }
 
 impl Connections {
-    /// The connection for `nats`, made on first use.
+    /// The connection for `nats`, made on first use, and its count of
+    /// (re)connects.
     pub async fn get(
         &mut self,
         nats: &NatsConfig,
         base_dir: &Path,
-    ) -> Result<Client, ConnectError> {
-        if let Some(c) = self.clients.get(nats) {
-            return Ok(c.clone());
+    ) -> Result<(Client, watch::Receiver<u64>), ConnectError> {
+        if let Some((client, connects)) = self.clients.get(nats) {
+            let mut connects = connects.clone();
+            connects.mark_unchanged();
+            return Ok((client.clone(), connects));
         }
-        let client = connect(nats, base_dir, "sluice").await?;
-        self.clients.insert(nats.clone(), client.clone());
-        Ok(client)
+        let (client, mut connects) = connect_watched(nats, base_dir, "sluice").await?;
+        self.clients
+            .insert(nats.clone(), (client.clone(), connects.clone()));
+        connects.mark_unchanged();
+        Ok((client, connects))
     }
 
     /// Forget the connection for `nats` (its last tenant stopped) and hand
     /// it back to be closed.
     pub fn remove(&mut self, nats: &NatsConfig) -> Option<Client> {
-        self.clients.remove(nats)
+        self.clients.remove(nats).map(|(client, _)| client)
     }
 
     /// Every connection made.
     pub fn clients(&self) -> impl Iterator<Item = &Client> {
-        self.clients.values()
+        self.clients.values().map(|(client, _)| client)
     }
 }
 

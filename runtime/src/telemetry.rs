@@ -53,6 +53,9 @@ pub struct TenantStats {
     pub dead_lettered: AtomicU64,
     /// Sources nak'ed for redelivery.
     pub retried: AtomicU64,
+    /// Stored messages the NATS client could not read, found by a sweep
+    /// and dead-lettered (counted in `dead_lettered` too).
+    pub unreadable: AtomicU64,
     /// Publishes (outputs or dead letters) that failed or timed out.
     pub publish_errors: AtomicU64,
     /// When the first message was received, µs since the Unix epoch (0:
@@ -145,6 +148,7 @@ impl Default for TenantStats {
             duplicates: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             retried: AtomicU64::new(0),
+            unreadable: AtomicU64::new(0),
             publish_errors: AtomicU64::new(0),
             first_received_us: AtomicU64::new(0),
             last_settled_us: AtomicU64::new(0),

@@ -185,6 +185,70 @@ impl Tenant {
         Ok(())
     }
 
+    /// Sweep the consumer for stored messages the client cannot read (see
+    /// [`crate::unreadable`]): once bound, then after every reconnect of
+    /// the tenant's connection (`connects` moves), until `shutdown`. Each
+    /// one found is dead-lettered and terminated.
+    pub async fn sweep_unreadable(
+        self: Arc<Self>,
+        js: jetstream::Context,
+        mut consumer: PullConsumer,
+        mut connects: tokio::sync::watch::Receiver<u64>,
+        shutdown: CancellationToken,
+    ) {
+        let tenant = &*self.id;
+        let mut sweeper = crate::unreadable::Sweeper::new(js, consumer.cached_info());
+        let mut info = Some(consumer.cached_info().clone());
+        loop {
+            if let Some(info) = info.take() {
+                match sweeper.sweep(&info).await {
+                    Ok(found) => {
+                        for f in found {
+                            tracing::error!(
+                                tenant,
+                                stream = info.stream_name,
+                                seq = f.stored.seq,
+                                subject = f.stored.subject,
+                                problem = f.problem,
+                                "a stored message the NATS client cannot read (it drops the connection on each delivery); dead-lettering it"
+                            );
+                            if !self
+                                .sink
+                                .dead_letter_unreadable(&f, &info.stream_name, &shutdown)
+                                .await
+                            {
+                                return;
+                            }
+                            sweeper.settled(f.stored.seq).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(tenant, error = %e, "sweeping for unreadable messages failed; trying again at the next reconnect");
+                    }
+                }
+            }
+            tokio::select! {
+                changed = connects.changed() => if changed.is_err() { return },
+                () = shutdown.cancelled() => return,
+            }
+            // Where the consumer stands now; the connection may need a
+            // moment after the reconnect.
+            for pause in [100, 500, 2000] {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(pause)) => {}
+                    () = shutdown.cancelled() => return,
+                }
+                match consumer.info().await {
+                    Ok(i) => {
+                        info = Some(i.clone());
+                        break;
+                    }
+                    Err(e) => tracing::debug!(tenant, error = %e, "consumer info for a sweep"),
+                }
+            }
+        }
+    }
+
     /// Admit one pull's messages as they arrive, each with one of `permits`,
     /// until the pull is complete or `shutdown`. Messages already waiting
     /// behind the one that woke the loop are admitted with it and share a

@@ -43,7 +43,7 @@ pub async fn provision(path: &Path, verify: bool) -> anyhow::Result<()> {
     let mut connections = Connections::default();
     let mut problems = Vec::new();
     for (id, tenant) in &config.tenants {
-        let client = connections
+        let (client, _) = connections
             .get(source::tenant_nats(&config, tenant), &config.base_dir)
             .await
             .with_context(|| format!("tenant `{id}`: connecting to NATS"))?;
