@@ -336,6 +336,20 @@ servers = ["nats://127.0.0.1:1"]
 /// connection with the new key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_nkey_file_is_used_without_a_restart() {
+    rotate_nkey(true).await;
+}
+
+/// The same for a tenant of the main config: its connection is checked
+/// every second, and a changed file restarts the tenants on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_nkey_file_of_the_main_config_is_used_without_a_restart() {
+    rotate_nkey(false).await;
+}
+
+/// Run tenant `acme` on an nkey (in a tenants folder, or in the main
+/// config), rotate the key in the file and on the server, and check that
+/// its messages still flow.
+async fn rotate_nkey(in_folder: bool) {
     let (old, new) = (nkeys::KeyPair::new_user(), nkeys::KeyPair::new_user());
     let server_config = |key: &nkeys::KeyPair| {
         format!(
@@ -344,20 +358,8 @@ async fn a_rotated_nkey_file_is_used_without_a_restart() {
         )
     };
     let server = crate::support::nats_with(Some(&server_config(&old)));
-    let tenants = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[host]\nprovision = true\ntenants_dir = \"{}\"\n\n[plugins]\ndir = \"{{dist}}\"\n",
-        tenants.path().display()
-    );
-    let (_dir, path) = config_file(&config, &server.url());
-    let service = Service::start(Config::load(&path).unwrap()).await.unwrap();
-    let folder = tenants.path().join("acme");
-    std::fs::create_dir(&folder).unwrap();
-    std::fs::write(folder.join("user.nk"), old.seed().unwrap()).unwrap();
-    std::fs::write(
-        folder.join("tenant.toml"),
-        format!(
-            r#"
+    let tenant = format!(
+        r#"
 stream = "ACME"
 filter = "acme.in.>"
 output = "{{tenant}}.out.{{subject[2..]}}"
@@ -369,10 +371,32 @@ pipeline = [{{ plugin = "tenant-stamp" }}]
 servers = ["{}"]
 nkey_file = "user.nk"
 "#,
-            server.url()
-        ),
-    )
-    .unwrap();
+        server.url()
+    );
+    let tenants = tempfile::tempdir().unwrap();
+    let config = if in_folder {
+        format!(
+            "[host]\nprovision = true\ntenants_dir = \"{}\"\n\n[plugins]\ndir = \"{{dist}}\"\n",
+            tenants.path().display()
+        )
+    } else {
+        let tenant = tenant.replace("[nats]", "[tenants.acme.nats]");
+        format!(
+            "[host]\nprovision = true\n\n[plugins]\ndir = \"{{dist}}\"\n\n[tenants.acme]{tenant}"
+        )
+    };
+    let (dir, path) = config_file(&config, &server.url());
+    let key_file = if in_folder {
+        tenants.path().join("acme/user.nk")
+    } else {
+        dir.path().join("user.nk")
+    };
+    std::fs::create_dir_all(key_file.parent().unwrap()).unwrap();
+    std::fs::write(&key_file, old.seed().unwrap()).unwrap();
+    let service = Service::start(Config::load(&path).unwrap()).await.unwrap();
+    if in_folder {
+        std::fs::write(tenants.path().join("acme/tenant.toml"), &tenant).unwrap();
+    }
     let as_old = async_nats::ConnectOptions::with_nkey(old.seed().unwrap())
         .connect(server.url())
         .await
@@ -389,7 +413,7 @@ nkey_file = "user.nk"
     .await;
 
     // Rotate: the file first, then the server forgets the old key.
-    std::fs::write(folder.join("user.nk"), new.seed().unwrap()).unwrap();
+    std::fs::write(&key_file, new.seed().unwrap()).unwrap();
     let conf = server.store_dir().parent().unwrap().join("server.conf");
     std::fs::write(&conf, server_config(&new)).unwrap();
     let reloaded = std::process::Command::new("kill")

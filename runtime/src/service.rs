@@ -86,7 +86,17 @@ struct Inner {
     /// Serialises swaps and tenant changes so two rescans never interleave.
     changes: tokio::sync::Mutex<()>,
     /// Every connection made, for health checks.
-    clients: Mutex<Vec<(crate::config::NatsConfig, String, async_nats::Client)>>,
+    /// Each with its label and the digest of its credentials files when it
+    /// connected.
+    #[allow(clippy::type_complexity)] // Used in this file only.
+    clients: Mutex<
+        Vec<(
+            crate::config::NatsConfig,
+            String,
+            async_nats::Client,
+            Option<String>,
+        )>,
+    >,
 }
 
 impl crate::ops::Status for Inner {
@@ -116,7 +126,7 @@ impl crate::ops::Status for Inner {
         let clients = self.clients.lock().map(|c| c.clone()).unwrap_or_default();
         clients
             .into_iter()
-            .map(|(_, label, c)| {
+            .map(|(_, label, c, _)| {
                 let up = c.connection_state() == async_nats::connection::State::Connected;
                 (label, up)
             })
@@ -372,7 +382,7 @@ impl Inner {
         if let Ok(mut clients) = self.clients.lock() {
             // One entry per distinct connection (one client may serve
             // several tenants).
-            if !clients.iter().any(|(n, _, _)| *n == nats) {
+            if !clients.iter().any(|(n, ..)| *n == nats) {
                 let mut label = nats
                     .servers
                     .iter()
@@ -387,7 +397,8 @@ impl Inner {
                 {
                     label.push_str(&format!(" (credentials {})", clients.len() + 1));
                 }
-                clients.push((nats.clone(), label, client.clone()));
+                let credentials = nats_credentials_digest(&nats, &base);
+                clients.push((nats.clone(), label, client.clone(), credentials));
             }
         }
         let js = source::jetstream(client);
@@ -452,18 +463,36 @@ impl Inner {
                 () = shutdown.cancelled() => return,
             }
             let clients = self.clients.lock().map(|c| c.clone()).unwrap_or_default();
-            for (nats, label, client) in clients {
-                if !source::is_dead(&client).await {
-                    continue;
+            for (nats, label, client, credentials) in clients {
+                if source::is_dead(&client).await {
+                    CLIENT_RESTARTS.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        connection = label,
+                        "the NATS client stopped for good (it panicked on a message it could not parse); restarting its tenants on a new connection"
+                    );
+                    self.restart_connection(&nats).await;
+                } else if self.rotated(&nats, credentials.as_deref()) {
+                    tracing::info!(
+                        connection = label,
+                        "credentials file changed; restarting the tenants on this connection with it"
+                    );
+                    self.restart_connection(&nats).await;
                 }
-                CLIENT_RESTARTS.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    connection = label,
-                    "the NATS client stopped for good (it panicked on a message it could not parse); restarting its tenants on a new connection"
-                );
-                self.restart_connection(&nats).await;
             }
         }
+    }
+
+    /// Whether the credentials files of a connection that tenants of the
+    /// main config use changed since it connected (`connected_with`).
+    /// Folder tenants' files are followed by the folder rescan instead.
+    fn rotated(&self, nats: &crate::config::NatsConfig, connected_with: Option<&str>) -> bool {
+        let from_config = self.lock_tenants().values().any(|r| {
+            r.source == TenantSource::Config && source::tenant_nats(&self.config, &r.config) == nats
+        });
+        // A file that cannot be read now (being rewritten) is not a change.
+        from_config
+            && nats_credentials_digest(nats, &self.config.base_dir)
+                .is_some_and(|now| Some(now.as_str()) != connected_with)
     }
 
     /// Stop every tenant on the connection for `nats` (which closes it) and
@@ -502,7 +531,7 @@ impl Inner {
             return;
         }
         if let Ok(mut clients) = self.clients.lock() {
-            clients.retain(|(n, _, _)| n != nats);
+            clients.retain(|(n, ..)| n != nats);
         }
         let client = self.connections.lock().await.remove(nats);
         if let Some(client) = client {
@@ -742,11 +771,17 @@ fn tenant_folders(dir: &Path) -> Vec<(String, PathBuf)> {
 /// The SHA-256 of a tenant's `.creds` and nkey files, if it has any and
 /// they can be read: what tells a rotated credential from an unchanged one.
 fn credentials_digest(tc: &TenantConfig) -> Option<String> {
-    let nats = tc.nats.as_ref()?;
+    // A folder tenant's paths are absolute by now.
+    nats_credentials_digest(tc.nats.as_ref()?, Path::new(""))
+}
+
+/// The digest of `nats`'s `.creds` and nkey files (relative to `base`),
+/// `None` if it names none or none can be read.
+fn nats_credentials_digest(nats: &crate::config::NatsConfig, base: &Path) -> Option<String> {
     let mut hasher = Sha256::new();
     let mut any = false;
     for path in [&nats.creds_file, &nats.nkey_file].into_iter().flatten() {
-        if let Ok(bytes) = std::fs::read(path) {
+        if let Ok(bytes) = std::fs::read(base.join(path)) {
             hasher.update(&bytes);
             any = true;
         }
