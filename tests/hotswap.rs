@@ -374,3 +374,95 @@ fn the_compile_caches_keep_only_the_versions_used_last() {
             .is_ok()
     );
 }
+
+/// A message with three outputs gets two stored (the output stream holds
+/// two and refuses more), and the plugin is swapped before the stream has
+/// room. Before, the source was nak'ed on its first delivery and the
+/// redelivery ran the new version: its outputs 0 and 1 were dropped as
+/// duplicates of the old version's, output 2 came from the new one, so one
+/// message mixed two versions. Now a partly published message is held and
+/// finished with the same outputs: all three from the version it first
+/// ran, and messages after the swap run the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_half_published_across_a_swap_is_finished_by_its_first_version() {
+    use async_nats::jetstream::stream::{self, DiscardPolicy};
+
+    let server = crate::support::nats();
+    let js = js(&server.url()).await;
+    let full = stream::Config {
+        name: "ACME_OUT".into(),
+        subjects: vec!["acme.out.>".into()],
+        max_messages: 2,
+        discard: DiscardPolicy::New,
+        ..Default::default()
+    };
+    js.create_stream(full.clone()).await.unwrap();
+    let plugins = tempfile::tempdir().unwrap();
+    let target = plugins.path().join("relay.wasm");
+    let base = std::fs::read(plugin_path("verdict")).unwrap();
+    let (old, new) = (variant(&base, "old"), variant(&base, "new"));
+    let (old_label, new_label) = (digest_label("relay", &old), digest_label("relay", &new));
+    std::fs::write(&target, &old).unwrap();
+    let (_dir, path) = config_file(&swap_config(plugins.path()), &server.url());
+    let service = Service::start(Config::load(&path).unwrap()).await.unwrap();
+    wait_for("the input stream", LIMIT, || async {
+        js.get_stream("ACME").await.is_ok()
+    })
+    .await;
+
+    publish(&js, "acme.in.x", "publish:3").await;
+    wait_for("two outputs stored", LIMIT, || async {
+        stream_len(&js, "ACME_OUT").await == 2
+    })
+    .await;
+    let t = Instant::now();
+    std::fs::write(&target, &new).unwrap();
+    live(&service, &new_label, t).await;
+    // Past ack_wait (5 s): the first delivery is still held.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut c = crate::support::consumer(&js, "ACME").await;
+    assert_eq!(
+        c.info().await.unwrap().num_redelivered,
+        0,
+        "held, not nak'ed"
+    );
+
+    js.update_stream(stream::Config {
+        max_messages: 10,
+        ..full
+    })
+    .await
+    .unwrap();
+    publish(&js, "acme.in.y", "publish:1").await;
+    wait_for("four outputs", LIMIT, || async {
+        stream_len(&js, "ACME_OUT").await == 4
+    })
+    .await;
+    crate::support::settled(&js, "ACME", "sluice").await;
+    let stored = read_stream(&js, "ACME_OUT").await;
+    // (id, version) of the outputs of source sequence `seq`.
+    let by = |seq: u64| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = stored
+            .iter()
+            .map(|m| {
+                (
+                    header(m, "Nats-Msg-Id").unwrap().to_owned(),
+                    header(m, "Sluice-Plugin").unwrap().to_owned(),
+                )
+            })
+            .filter(|(id, _)| id.starts_with(&format!("acme:ACME:{seq}:")))
+            .collect();
+        v.sort();
+        v
+    };
+    let first: Vec<(String, String)> = (0..3)
+        .map(|i| (format!("acme:ACME:1:{i}"), old_label.clone()))
+        .collect();
+    assert_eq!(by(1), first, "all three from the first version");
+    assert_eq!(
+        by(2),
+        [("acme:ACME:2:0".to_owned(), new_label.clone())],
+        "after the swap, the new version"
+    );
+    service.shutdown().await;
+}

@@ -184,14 +184,17 @@ impl Sink {
                             .dead_letter(msg, origin, source, &reason, &plugin)
                             .await;
                     }
-                    if origin.delivered >= self.max_deliver {
-                        // Some outputs may be stored already: a dead letter
-                        // now would leave the message half-published, and a
-                        // nak would let the server's last deliveries go by.
-                        // Keep the message (the tenant sends in-progress
-                        // acks) and publish the same outputs, same ids,
-                        // until they are all stored.
-                        tracing::error!(tenant, stream, seq, error = %e, "publishing outputs failed on the last delivery; holding the message and retrying until they are stored");
+                    if e.stored > 0 || origin.delivered >= self.max_deliver {
+                        // Some outputs are stored (or, on the last delivery,
+                        // may be): a dead letter now would leave the message
+                        // half-published, and a nak would hand it to a
+                        // redelivery that may run another plugin version
+                        // (a hot swap) whose outputs under the same ids
+                        // would be dropped as duplicates of these, or to no
+                        // delivery at all. Keep the message (the tenant
+                        // sends in-progress acks) and publish the same
+                        // outputs, same ids, until they are all stored.
+                        tracing::error!(tenant, stream, seq, error = %e, "publishing outputs failed part-way or on the last delivery; holding the message and retrying until they are all stored");
                         let stored = self.publish_until_stored(&outputs).await;
                         return self.published(msg, origin, stored).await;
                     }
