@@ -6,7 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod batch;
+mod checker;
 mod cli;
+mod cluster;
 mod config;
 mod conformance;
 mod faults;
