@@ -471,3 +471,95 @@ async fn a_host_started_before_nats_waits_and_then_processes() {
     assert!(service.stats()["acme"].received >= n as u64);
     service.shutdown().await;
 }
+
+/// Two tenants on the hosts of [`several_hosts`], processed by the
+/// `verdict` guest; `ack_wait` short enough that a killed host's messages
+/// come back quickly.
+fn shared_config() -> String {
+    format!(
+        r#"
+[nats]
+servers = ["{{url}}"]
+
+[host]
+provision = true
+shutdown_grace = "5s"
+
+[plugin.verdict]
+path = "{{dist}}/testing/verdict.wasm"
+
+[defaults]
+ack_wait = "3s"
+max_deliver = 10
+backoff = ["100ms"]
+{}{}"#,
+        crate::support::tenant_block("acme", "ACME", "verdict"),
+        crate::support::tenant_block("globex", "GLOBEX", "verdict"),
+    )
+}
+
+/// `hosts` `sluice run` processes on one config and the same durable
+/// consumers, 20,000 inputs per tenant for two tenants; host 0 is
+/// SIGKILLed half-way. Its unacked messages go to the others after
+/// ack_wait; what it had published for them is published again under the
+/// same ids and dropped as duplicates: nothing lost, nothing stored twice.
+async fn several_hosts(hosts: usize) {
+    use crate::checker::{Flow, assert_nothing_lost, publish, wait_settled};
+    const N: u64 = 20_000;
+    let server = nats_with(Some(SYNC_ALWAYS));
+    let url = server.url();
+    let (dir, path) = config_file(&shared_config(), &url);
+    let config = Config::load(&path).unwrap();
+    let js = sluice::source::jetstream(async_nats::connect(&url).await.unwrap());
+    for (id, tenant) in &config.tenants {
+        let mut report = sluice::source::Report::default();
+        sluice::source::ensure_tenant(&js, &config, id, tenant, true, &mut report)
+            .await
+            .unwrap();
+    }
+    let flows = [Flow::of("acme"), Flow::of("globex")];
+    for f in &flows {
+        publish(&js, f, 0..N / 2).await;
+    }
+    let mut procs: Vec<Proc> = (0..hosts)
+        .map(|i| Proc::run(&path, dir.path().join(format!("host{i}.log"))))
+        .collect();
+    wait_for("a fifth of acme's outputs", LIMIT, || async {
+        stream_len(&js, "ACME_OUT").await >= N / 5
+    })
+    .await;
+    let killed = Instant::now();
+    procs[0].child.kill().unwrap();
+    procs[0].child.wait().unwrap();
+    for f in &flows {
+        publish(&js, f, N / 2..N).await;
+    }
+    let took = wait_settled(&js, &flows, N, Duration::from_secs(120)).await;
+    let tallies = assert_nothing_lost(&js, &flows, N).await;
+    eprintln!(
+        "{hosts} hosts, one SIGKILLed: {N} inputs per tenant, settled {:.1} s after the kill ({:.1} s of it waiting); {:?}",
+        killed.elapsed().as_secs_f64(),
+        took.as_secs_f64(),
+        tallies
+            .iter()
+            .map(|t| (t.outputs, t.dead, t.lost.len(), t.duplicated.len()))
+            .collect::<Vec<_>>()
+    );
+    for p in &mut procs[1..] {
+        assert!(
+            matches!(p.child.try_wait(), Ok(None)),
+            "a surviving host exited: {}",
+            p.log()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_on_the_same_durables_one_killed_lose_and_duplicate_nothing() {
+    several_hosts(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_on_the_same_durables_one_killed_lose_and_duplicate_nothing() {
+    several_hosts(3).await;
+}
