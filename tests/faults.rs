@@ -563,3 +563,83 @@ async fn two_hosts_on_the_same_durables_one_killed_lose_and_duplicate_nothing() 
 async fn three_hosts_on_the_same_durables_one_killed_lose_and_duplicate_nothing() {
     several_hosts(3).await;
 }
+
+/// acme's output stream and globex's dead-letter stream are full (small
+/// `max_msgs`, discard new) while 20,000 inputs per tenant arrive. While
+/// they are, no source is acked without its result stored: every input
+/// not yet in the outputs or dead letters is still pending or unacked.
+/// Once the limits are raised, everything comes out once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_output_and_dead_letter_streams_hold_sources_until_raised() {
+    use crate::checker::{Flow, assert_nothing_lost, publish, wait_settled};
+    use async_nats::jetstream::stream::{self, DiscardPolicy};
+    const N: u64 = 20_000;
+    let server = nats_with(Some(SYNC_ALWAYS));
+    let url = server.url();
+    let js = sluice::source::jetstream(async_nats::connect(&url).await.unwrap());
+    let full = |name: &str, subject: &str, max: i64| stream::Config {
+        name: name.to_owned(),
+        subjects: vec![subject.to_owned()],
+        max_messages: max,
+        discard: DiscardPolicy::New,
+        duplicate_window: Duration::from_secs(300),
+        ..Default::default()
+    };
+    let (out_limit, dlq_limit) = (1000, 100);
+    js.create_stream(full("ACME_OUT", "acme.out.>", out_limit))
+        .await
+        .unwrap();
+    js.create_stream(full("GLOBEX_DLQ", "globex.dlq", dlq_limit))
+        .await
+        .unwrap();
+    let (_dir, path) = config_file(&shared_config(), &url);
+    let service = Service::start(Config::load(&path).unwrap()).await.unwrap();
+    wait_for("the input streams", LIMIT, || async {
+        js.get_stream("ACME").await.is_ok() && js.get_stream("GLOBEX").await.is_ok()
+    })
+    .await;
+    let flows = [Flow::of("acme"), Flow::of("globex")];
+    for f in &flows {
+        publish(&js, f, 0..N).await;
+    }
+    wait_for("both full streams to fill", LIMIT, || async {
+        stream_len(&js, "ACME_OUT").await == out_limit as u64
+            && stream_len(&js, "GLOBEX_DLQ").await == dlq_limit as u64
+    })
+    .await;
+    // Well past a few ack_waits (3 s) with the streams full.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    for f in &flows {
+        let stored = stream_len(&js, &f.output).await + stream_len(&js, &f.dead).await;
+        let mut stream = js.get_stream(&f.input).await.unwrap();
+        let info = stream.consumer_info(&f.consumer).await.unwrap();
+        assert!(
+            info.num_pending + info.num_ack_pending as u64 >= N - stored,
+            "{}: a source was acked without its result: {stored} stored, {} pending, {} unacked",
+            f.tenant,
+            info.num_pending,
+            info.num_ack_pending
+        );
+    }
+    assert_eq!(stream_len(&js, "ACME_OUT").await, out_limit as u64);
+    assert_eq!(stream_len(&js, "GLOBEX_DLQ").await, dlq_limit as u64);
+
+    let raised = Instant::now();
+    js.update_stream(full("ACME_OUT", "acme.out.>", -1))
+        .await
+        .unwrap();
+    js.update_stream(full("GLOBEX_DLQ", "globex.dlq", -1))
+        .await
+        .unwrap();
+    wait_settled(&js, &flows, N, Duration::from_secs(120)).await;
+    let tallies = assert_nothing_lost(&js, &flows, N).await;
+    eprintln!(
+        "full streams raised: {N} inputs per tenant, settled {:.1} s after; {:?}",
+        raised.elapsed().as_secs_f64(),
+        tallies
+            .iter()
+            .map(|t| (t.outputs, t.dead, t.lost.len(), t.duplicated.len()))
+            .collect::<Vec<_>>()
+    );
+    service.shutdown().await;
+}
