@@ -63,7 +63,12 @@ pub fn payload(i: u64) -> String {
 
 /// The id a stored input, output or dead letter carries.
 fn id_of(payload: &[u8]) -> Option<u64> {
-    let text = std::str::from_utf8(payload).ok()?;
+    let mut text = std::str::from_utf8(payload).ok()?;
+    // A slow input (`sleep:MS:REST`, for the `hostile` guest) carries its
+    // id in REST.
+    if let Some(rest) = text.strip_prefix("sleep:") {
+        text = rest.split_once(':')?.1;
+    }
     if let Some(n) = text.strip_prefix("dead:") {
         return n.parse().ok();
     }
@@ -75,6 +80,16 @@ fn id_of(payload: &[u8]) -> Option<u64> {
 /// retry after a lost PubAck is dropped as a duplicate, so the input
 /// stream holds every id exactly once even across a fault.
 pub async fn publish(js: &jetstream::Context, flow: &Flow, ids: std::ops::Range<u64>) {
+    publish_with(js, flow, ids, payload).await;
+}
+
+/// [`publish`] with payloads from `payload`.
+pub async fn publish_with(
+    js: &jetstream::Context,
+    flow: &Flow,
+    ids: std::ops::Range<u64>,
+    payload: impl Fn(u64) -> String,
+) {
     let subject = format!("{}.in.x", flow.tenant);
     let ids: Vec<u64> = ids.collect();
     for window in ids.chunks(256) {

@@ -643,3 +643,71 @@ async fn full_output_and_dead_letter_streams_hold_sources_until_raised() {
     );
     service.shutdown().await;
 }
+
+/// Two hosts on the same durables, `ack_wait` 2 s, and every 2,000th input
+/// takes its handler 3 s: past ack_wait, and holding up the messages
+/// queued behind it on a worker. In-progress acks keep the server from
+/// handing any of them to the other host: not one redelivery, nothing
+/// processed twice, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_slower_than_ack_wait_is_never_redelivered_to_the_other_host() {
+    use crate::checker::{Flow, assert_nothing_lost, payload, publish_with, wait_settled};
+    const N: u64 = 20_000;
+    let server = nats_with(Some(SYNC_ALWAYS));
+    let url = server.url();
+    let config = shared_config()
+        .replace("ack_wait = \"3s\"", "ack_wait = \"2s\"")
+        .replace(
+            "pipeline = [{ plugin = \"verdict\" }]",
+            "pipeline = [{ plugin = \"hostile\" }, { plugin = \"verdict\" }]",
+        )
+        .replace(
+            "[defaults]",
+            "[plugin.hostile]\npath = \"{dist}/testing/hostile.wasm\"\ndeadline = \"5s\"\n\n[defaults]",
+        );
+    let (_dir, path) = config_file(&config, &url);
+    let hosts = [
+        Service::start(Config::load(&path).unwrap()).await.unwrap(),
+        Service::start(Config::load(&path).unwrap()).await.unwrap(),
+    ];
+    let js = sluice::source::jetstream(async_nats::connect(&url).await.unwrap());
+    wait_for("the input streams", LIMIT, || async {
+        js.get_stream("ACME").await.is_ok() && js.get_stream("GLOBEX").await.is_ok()
+    })
+    .await;
+    let flows = [Flow::of("acme"), Flow::of("globex")];
+    let slow = |i: u64| {
+        if i % 2000 == 1000 {
+            format!("sleep:3000:{}", payload(i))
+        } else {
+            payload(i)
+        }
+    };
+    for f in &flows {
+        publish_with(&js, f, 0..N, slow).await;
+    }
+    let took = wait_settled(&js, &flows, N, Duration::from_secs(180)).await;
+    let tallies = assert_nothing_lost(&js, &flows, N).await;
+    for f in &flows {
+        let mut stream = js.get_stream(&f.input).await.unwrap();
+        let info = stream.consumer_info(&f.consumer).await.unwrap();
+        assert_eq!(info.num_redelivered, 0, "{}: redelivered", f.tenant);
+    }
+    let received: u64 = hosts
+        .iter()
+        .flat_map(|h| h.stats().into_values())
+        .map(|s| s.received)
+        .sum();
+    assert_eq!(received, 2 * N, "each input received once, by one host");
+    eprintln!(
+        "slow handler: {N} inputs per tenant, 10 of them 3 s each; settled in {:.1} s; {:?}",
+        took.as_secs_f64(),
+        tallies
+            .iter()
+            .map(|t| (t.outputs, t.dead, t.lost.len(), t.duplicated.len()))
+            .collect::<Vec<_>>()
+    );
+    for h in hosts {
+        h.shutdown().await;
+    }
+}

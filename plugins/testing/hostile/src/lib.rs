@@ -3,7 +3,7 @@
 //! a documented outcome and leaves other tenants alone.
 //!
 //! Payloads: `sleep:MS` → `std::thread::sleep` (a blocking WASI poll), then
-//! `next`; `fanout:N` → N small outputs on `<tenant>.out.f<i>`; `big:BYTES`
+//! `next` (`sleep:MS:REST` hands `REST` on as the payload); `fanout:N` → N small outputs on `<tenant>.out.f<i>`; `big:BYTES`
 //! → one output of BYTES bytes; `subject:LEN` → an output whose subject is
 //! LEN bytes long; `crlf` → an output header whose name holds CR/LF;
 //! `claim` → an output that sets `Nats-*` and `Sluice-*` headers of its
@@ -33,8 +33,19 @@ impl Handler for Hostile {
         let out = |suffix: &str| format!("{}.out.{suffix}", origin.tenant);
         match word {
             "sleep" => {
-                std::thread::sleep(Duration::from_millis(n as u64));
-                Verdict::Next(msg)
+                // `sleep:MS:REST` sleeps, then hands `REST` on.
+                let (ms, rest) = match arg.split_once(':') {
+                    Some((ms, rest)) => (ms.parse::<u64>().unwrap_or(1), Some(rest)),
+                    None => (n as u64, None),
+                };
+                std::thread::sleep(Duration::from_millis(ms));
+                match rest {
+                    Some(rest) => Verdict::Next(Message {
+                        payload: rest.as_bytes().to_vec(),
+                        ..msg
+                    }),
+                    None => Verdict::Next(msg),
+                }
             }
             "fanout" => Verdict::Publish(
                 (0..n)
