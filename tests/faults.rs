@@ -611,7 +611,7 @@ async fn full_output_and_dead_letter_streams_hold_sources_until_raised() {
     tokio::time::sleep(Duration::from_secs(8)).await;
     for f in &flows {
         let stored = stream_len(&js, &f.output).await + stream_len(&js, &f.dead).await;
-        let mut stream = js.get_stream(&f.input).await.unwrap();
+        let stream = js.get_stream(&f.input).await.unwrap();
         let info = stream.consumer_info(&f.consumer).await.unwrap();
         assert!(
             info.num_pending + info.num_ack_pending as u64 >= N - stored,
@@ -689,7 +689,7 @@ async fn a_handler_slower_than_ack_wait_is_never_redelivered_to_the_other_host()
     let took = wait_settled(&js, &flows, N, Duration::from_secs(180)).await;
     let tallies = assert_nothing_lost(&js, &flows, N).await;
     for f in &flows {
-        let mut stream = js.get_stream(&f.input).await.unwrap();
+        let stream = js.get_stream(&f.input).await.unwrap();
         let info = stream.consumer_info(&f.consumer).await.unwrap();
         assert_eq!(info.num_redelivered, 0, "{}: redelivered", f.tenant);
     }
