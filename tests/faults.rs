@@ -711,3 +711,122 @@ async fn a_handler_slower_than_ack_wait_is_never_redelivered_to_the_other_host()
         h.shutdown().await;
     }
 }
+
+/// Each tenant in its own NATS account; acme's user is removed from the
+/// server's config (a reload) mid-stream, then put back. Meanwhile acme's
+/// connection is refused: `/readyz` says so, naming it, and the host keeps
+/// trying; globex, on its own connection, finishes its 20,000 inputs
+/// untouched. Once the user is back, acme finishes too: nothing lost,
+/// nothing stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_credentials_stop_only_their_tenant_and_nothing_is_lost() {
+    use crate::checker::{Flow, assert_nothing_lost, publish, wait_settled};
+    const N: u64 = 20_000;
+    let accounts = |acme: bool| {
+        let acme_user = if acme {
+            "{ user: acme, password: apass }"
+        } else {
+            ""
+        };
+        format!(
+            "{SYNC_ALWAYS}\naccounts {{\n  A: {{ jetstream: enabled, users: [ {acme_user} ] }}\n  \
+             B: {{ jetstream: enabled, users: [ {{ user: globex, password: gpass }} ] }}\n}}\n"
+        )
+    };
+    let server = nats_with(Some(&accounts(true)));
+    let url = server.url();
+    let config = shared_config()
+        .replace(
+            "[tenants.acme]\n",
+            "[tenants.acme]\nnats = { servers = [\"{url}\"], user = \"acme\", password = \"apass\" }\n",
+        )
+        .replace(
+            "[tenants.globex]\n",
+            "[tenants.globex]\nnats = { servers = [\"{url}\"], user = \"globex\", password = \"gpass\" }\n",
+        );
+    let (_dir, path) = config_file(&config, &url);
+    let mut service = Service::start(Config::load(&path).unwrap()).await.unwrap();
+    let addr = service
+        .serve_ops("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let readyz = move || tokio::task::spawn_blocking(move || crate::ops::get(addr, "/readyz"));
+    let acme_js = crate::support::js_as(&url, "acme", "apass").await;
+    let globex_js = crate::support::js_as(&url, "globex", "gpass").await;
+    wait_for("both input streams", LIMIT, || async {
+        acme_js.get_stream("ACME").await.is_ok() && globex_js.get_stream("GLOBEX").await.is_ok()
+    })
+    .await;
+    let (acme, globex) = (Flow::of("acme"), Flow::of("globex"));
+    publish(&acme_js, &acme, 0..N / 2).await;
+    publish(&globex_js, &globex, 0..N / 2).await;
+    wait_for("some of acme's outputs", LIMIT, || async {
+        stream_len(&acme_js, "ACME_OUT").await >= N / 20
+    })
+    .await;
+
+    // Revoke: the server reloads without acme's user.
+    let conf = server.store_dir().parent().unwrap().join("server.conf");
+    let reload = |text: String| {
+        std::fs::write(&conf, text).unwrap();
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &server.pid().unwrap().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    let revoked = Instant::now();
+    reload(accounts(false));
+    wait_for(
+        "/readyz to name acme's refused connection",
+        LIMIT,
+        || async {
+            let (code, body) = readyz().await.unwrap();
+            code == 503 && body.contains("user acme")
+        },
+    )
+    .await;
+    let (_, body) = readyz().await.unwrap();
+    assert!(!body.contains("user globex"), "globex is fine: {body}");
+    publish(&globex_js, &globex, N / 2..N).await;
+    wait_settled(
+        &globex_js,
+        std::slice::from_ref(&globex),
+        N,
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_nothing_lost(&globex_js, std::slice::from_ref(&globex), N).await;
+    let globex_outputs = stream_len(&globex_js, "GLOBEX_OUT").await;
+    eprintln!(
+        "revoked: globex finished {N} inputs ({globex_outputs} outputs) {:.1} s after acme's user was removed",
+        revoked.elapsed().as_secs_f64()
+    );
+
+    // Restore: acme reconnects and finishes.
+    reload(accounts(true));
+    let restored = Instant::now();
+    let acme_js = crate::support::js_as(&url, "acme", "apass").await;
+    publish(&acme_js, &acme, N / 2..N).await;
+    wait_settled(
+        &acme_js,
+        std::slice::from_ref(&acme),
+        N,
+        Duration::from_secs(120),
+    )
+    .await;
+    let tallies = assert_nothing_lost(&acme_js, std::slice::from_ref(&acme), N).await;
+    eprintln!(
+        "restored: acme finished {N} inputs {:.1} s after its user came back; {:?}",
+        restored.elapsed().as_secs_f64(),
+        tallies
+            .iter()
+            .map(|t| (t.outputs, t.dead, t.lost.len(), t.duplicated.len()))
+            .collect::<Vec<_>>()
+    );
+    wait_for("ready again", LIMIT, || async {
+        readyz().await.unwrap().0 == 200
+    })
+    .await;
+    service.shutdown().await;
+}

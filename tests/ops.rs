@@ -14,7 +14,7 @@ use crate::support::{config_file, js, nats, publish, stream_len, verdict_config,
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// A plain HTTP/1.1 GET; returns the status code and body.
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub(crate) fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
         return (0, String::new());
     };
