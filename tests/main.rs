@@ -19,6 +19,8 @@ mod lost;
 mod ops;
 mod plugins;
 mod poison;
+mod properties;
+mod props;
 mod sandbox;
 mod scaffold;
 mod support;

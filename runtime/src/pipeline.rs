@@ -231,7 +231,13 @@ impl Chain {
                 plugin: label.clone(),
             },
             Verdict::DeadLetter(reason) => Outcome::DeadLetter {
-                reason,
+                // A dead letter always says why; a guest that gave no
+                // reason is named instead.
+                reason: if reason.trim().is_empty() {
+                    format!("dead-lettered by {label}, which gave no reason")
+                } else {
+                    reason
+                },
                 plugin: label.clone(),
                 limit: None,
             },

@@ -9,7 +9,8 @@ mod bindings;
 mod cache;
 pub mod pool;
 mod sandbox;
-mod wire;
+/// The packed batch format; public for the property tests and fuzz targets.
+pub mod wire;
 
 use std::borrow::Borrow;
 use std::path::{Path, PathBuf};
