@@ -73,6 +73,15 @@ fn scaffold_builds_and_runs(lang: &str) {
     );
     let demo = work.path().join("demo");
     assert!(demo.join("wit/pipeline.wit").is_file());
+    if lang == "rust" {
+        // Without it, a default toolchain that lacks the target fails
+        // with "can't find crate for core".
+        let toolchain = std::fs::read_to_string(demo.join("rust-toolchain.toml")).unwrap();
+        assert!(
+            toolchain.contains("targets = [\"wasm32-wasip2\"]"),
+            "{toolchain}"
+        );
+    }
     ok(
         sluice_in(work.path())
             .args(["build", "demo"])

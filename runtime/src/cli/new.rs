@@ -30,6 +30,7 @@ const JS_BUILD: &str = include_str!("../../../tools/js/build-handler.mjs");
 const RUST_CARGO: &str = include_str!("templates/rust/Cargo.toml");
 const RUST_CARGO_CONFIG: &str = include_str!("templates/rust/cargo-config.toml");
 const RUST_LIB: &str = include_str!("templates/rust/lib.rs");
+const RUST_TOOLCHAIN: &str = include_str!("templates/rust/rust-toolchain.toml");
 const PYTHON_APP: &str = include_str!("templates/python/app.py");
 const JS_HANDLER: &str = include_str!("templates/js/handler.js");
 const CASES: &str = include_str!("templates/cases.json");
@@ -109,6 +110,7 @@ pub fn new(args: NewArgs) -> anyhow::Result<()> {
         Lang::Rust => files.extend([
             ("Cargo.toml".into(), fill(RUST_CARGO)),
             (".cargo/config.toml".into(), RUST_CARGO_CONFIG.to_owned()),
+            ("rust-toolchain.toml".into(), RUST_TOOLCHAIN.to_owned()),
             ("src/lib.rs".into(), fill(RUST_LIB)),
             (".gitignore".into(), format!("/target\n/{name}.wasm\n")),
         ]),
