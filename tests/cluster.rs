@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream;
 use sluice::config::Config;
 use sluice::nats_server::free_port;
 use sluice::service::Service;
@@ -150,8 +150,8 @@ impl Drop for Cluster {
     }
 }
 
-/// Two tenants, `acme` and `globex`, on all three URLs; streams are made by
-/// the test (R3) before the host starts, the consumers by provisioning.
+/// Two tenants, `acme` and `globex`, on all three URLs; provisioning makes
+/// their streams R3 (and the consumers, which follow their stream).
 fn config(urls: &[String]) -> String {
     let servers: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
     format!(
@@ -161,6 +161,7 @@ servers = [{}]
 
 [host]
 provision = true
+stream_replicas = 3
 shutdown_grace = "5s"
 
 [plugin.verdict]
@@ -183,23 +184,12 @@ fn flows() -> Vec<Flow> {
     vec![Flow::of("acme"), Flow::of("globex")]
 }
 
-/// R3 streams for every flow.
-async fn create_streams(js: &jetstream::Context) {
+/// Every flow's streams exist with three replicas.
+async fn r3_streams(js: &jetstream::Context) {
     for f in flows() {
-        for (name, subject) in [
-            (&f.input, format!("{}.in.>", f.tenant)),
-            (&f.output, format!("{}.out.>", f.tenant)),
-            (&f.dead, format!("{}.dlq", f.tenant)),
-        ] {
-            js.create_stream(stream::Config {
-                name: name.clone(),
-                subjects: vec![subject],
-                num_replicas: 3,
-                duplicate_window: Duration::from_secs(300),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        for name in [&f.input, &f.output, &f.dead] {
+            let info = js.get_stream(name).await.unwrap().cached_info().clone();
+            assert_eq!(info.config.num_replicas, 3, "stream {name}");
         }
     }
 }
@@ -222,12 +212,16 @@ where
     let mut cluster = Cluster::start().await;
     let urls = cluster.urls();
     let js = cluster.js().await;
-    create_streams(&js).await;
     let (_dir, path) = config_file(&config(&urls), &urls[0]);
+    let service = Service::start(Config::load(&path).unwrap()).await.unwrap();
+    wait_for("both tenants' streams", LIMIT, || async {
+        js.get_stream("ACME_DLQ").await.is_ok() && js.get_stream("GLOBEX_DLQ").await.is_ok()
+    })
+    .await;
+    r3_streams(&js).await;
     for f in flows() {
         publish(&js, &f, 0..N / 2).await;
     }
-    let service = Service::start(Config::load(&path).unwrap()).await.unwrap();
     wait_mid_stream(&js).await;
     let at = Instant::now();
     fault(&mut cluster, &js).await;

@@ -90,6 +90,11 @@ pub struct HostConfig {
     /// operators often provision with credentials the host does not have.
     #[serde(default)]
     pub provision: bool,
+    /// Replicas of the streams provisioning creates (1 to 5; 3 on a
+    /// cluster, so a node's loss loses nothing). Existing streams are left
+    /// as they are, with a warning if they have fewer. Default 1.
+    #[serde(default = "default_stream_replicas")]
+    pub stream_replicas: usize,
     /// A folder of tenants, one sub-folder each: `<dir>/<tenant>/tenant.toml`
     /// (the keys of a `[tenants.ID]` table) plus an optional `user.creds`.
     /// Watched: adding a folder starts that tenant, removing it stops it,
@@ -395,6 +400,10 @@ fn default_consumer() -> String {
 const fn default_ops_max_connections() -> usize {
     64
 }
+/// One copy: what a single nats-server can hold.
+const fn default_stream_replicas() -> usize {
+    1
+}
 /// A scraper sends its request at once; five seconds is generous.
 const fn default_ops_read_timeout() -> Duration {
     Duration::from_secs(5)
@@ -414,6 +423,7 @@ impl Default for HostConfig {
         HostConfig {
             shutdown_grace: default_grace(),
             provision: false,
+            stream_replicas: default_stream_replicas(),
             tenants_dir: None,
             metrics_addr: None,
             ops_max_connections: default_ops_max_connections(),
@@ -632,6 +642,9 @@ impl Config {
     /// Cross-field checks that serde cannot express; each error names its
     /// key path.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=5).contains(&self.host.stream_replicas) {
+            return Err(self.error("host.stream_replicas", "must be 1 to 5 (JetStream's range)"));
+        }
         if self.host.ops_max_connections == 0 {
             return Err(self.error("host.ops_max_connections", "must be at least 1"));
         }

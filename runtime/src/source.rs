@@ -310,12 +310,20 @@ async fn ensure_stream(
     name: &str,
     subjects: &[String],
     duplicate_window: Option<Duration>,
-    create: bool,
+    create: Option<usize>,
     config_file: &str,
     report: &mut Report,
 ) -> Result<(), TopologyError> {
     match stream_info(js, name).await? {
         Some(info) => {
+            if let Some(replicas) = create
+                && info.config.num_replicas < replicas
+            {
+                report.warnings.push(format!(
+                    "stream {name} has {} replica(s), fewer than host.stream_replicas = {replicas}; left as it is (`nats stream edit {name} --replicas {replicas}` raises it)",
+                    info.config.num_replicas
+                ));
+            }
             for s in subjects {
                 if !info
                     .config
@@ -340,11 +348,12 @@ async fn ensure_stream(
             }
             Ok(())
         }
-        None if create => {
+        None if create.is_some() => {
             let mut cfg = stream::Config {
                 name: name.to_owned(),
                 subjects: subjects.to_vec(),
                 storage: stream::StorageType::File,
+                num_replicas: create.unwrap_or(1),
                 ..Default::default()
             };
             if let Some(window) = duplicate_window {
@@ -410,7 +419,10 @@ pub async fn ensure_tenant(
             subjects.push(t.filter.clone());
         }
     }
-    ensure_stream(js, &tenant.stream, &subjects, None, create, &file, report).await?;
+    // Missing streams are created (with the configured replicas) only
+    // when provisioning.
+    let make = create.then_some(config.host.stream_replicas);
+    ensure_stream(js, &tenant.stream, &subjects, None, make, &file, report).await?;
     let window = Some(config.defaults.duplicate_window);
     if let Err(e) = config.check_duplicate_window_of(id, tenant) {
         report.warnings.push(e.to_string());
@@ -422,7 +434,7 @@ pub async fn ensure_tenant(
                 action: format!("derive tenant {id}'s permitted subjects"),
                 reason: e.to_string(),
             })?;
-        ensure_stream(js, out, &permits, window, create, &file, report).await?;
+        ensure_stream(js, out, &permits, window, make, &file, report).await?;
     }
     if let Some(dlq) = &tenant.dead_letter_stream {
         ensure_stream(
@@ -430,7 +442,7 @@ pub async fn ensure_tenant(
             dlq,
             std::slice::from_ref(&tenant.dead_letter),
             window,
-            create,
+            make,
             &file,
             report,
         )
