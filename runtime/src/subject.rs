@@ -243,9 +243,32 @@ fn parse_placeholder(name: &str) -> Option<Piece> {
     }
 }
 
+/// Could some subject match both patterns? Token-wise: `*` and `>` match
+/// anything, literals must agree.
+pub fn pattern_overlaps(a: &str, b: &str) -> bool {
+    let mut at = a.split('.');
+    let mut bt = b.split('.');
+    loop {
+        match (at.next(), bt.next()) {
+            (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+            (Some(x), Some(y)) if x == "*" || y == "*" || x == y => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlapping_patterns() {
+        assert!(pattern_overlaps("a.>", "a.b.c"));
+        assert!(pattern_overlaps("a.*.c", "a.b.*"));
+        assert!(!pattern_overlaps("a.out.>", "a.in.>"));
+        assert!(!pattern_overlaps("a.b", "a.b.c"));
+    }
 
     #[test]
     fn wildcards_match_like_nats() {
