@@ -978,6 +978,15 @@ fn check_name(config: &Config, key: &str, name: &str, what: &str) -> Result<(), 
     }
 }
 
+/// The compiled-code cache folder a config asks for (or the default).
+pub fn cache_dir(config: Option<&Config>) -> Option<PathBuf> {
+    match config.and_then(|c| c.wasm.cache_dir.clone()) {
+        Some(dir) if dir.as_os_str().is_empty() => None,
+        Some(dir) => config.map(|c| c.base_dir.join(dir)),
+        None => crate::wasm::Runtime::default_cache_dir(),
+    }
+}
+
 /// Guests need at least one 64 KiB page; a deadline under a millisecond is
 /// below the epoch tick and would fail every call.
 fn check_limits(

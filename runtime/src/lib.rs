@@ -16,10 +16,10 @@
 //!   messages the NATS client cannot parse;
 //! - [`nats_server`] runs a throwaway nats-server for `sluice dev` and tests;
 //! - [`subject`] validates and matches NATS subjects;
-//! - [`cli`] is the `sluice` command line; [`telemetry`] sets up logging.
+//! - [`telemetry`] sets up logging. The `sluice` command line lives in the
+//!   binary (`src/cli/`), so nothing here can depend on it.
 
 pub mod cases;
-pub mod cli;
 pub mod config;
 pub mod message;
 pub mod nats_server;

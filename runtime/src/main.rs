@@ -3,14 +3,16 @@
 
 use clap::Parser;
 
+mod cli;
+
 /// mimalloc rather than glibc malloc: the per-message work allocates many
 /// small blocks on the reactor and worker threads; see docs/performance.md.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    let cli = sluice::cli::Cli::parse();
-    match sluice::cli::run(cli) {
+    let cli = cli::Cli::parse();
+    match cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -145,7 +145,7 @@ impl Service {
     /// Start every tenant of `config` (and of its tenants folder), and watch
     /// the plugin and tenant folders.
     pub async fn start(config: Config) -> anyhow::Result<Service> {
-        let runtime = Arc::new(Runtime::new(crate::cli::cache_dir(Some(&config)))?);
+        let runtime = Arc::new(Runtime::new(crate::config::cache_dir(Some(&config)))?);
         let registry = Registry::load(runtime, &config)?;
         let pool = Arc::new(
             WorkerPool::new(config.wasm.workers, config.wasm.queue)

@@ -27,10 +27,10 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::nats_server::NatsServer;
-use crate::service::Service;
-use crate::telemetry::{TenantStats, now_micros};
+use sluice::config::Config;
+use sluice::nats_server::NatsServer;
+use sluice::service::Service;
+use sluice::telemetry::{TenantStats, now_micros};
 
 /// Arguments of `sluice bench`.
 #[derive(Debug, clap::Args)]
@@ -219,7 +219,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     let client = async_nats::connect(&url)
         .await
         .with_context(|| format!("connecting to {url}"))?;
-    let js = crate::source::jetstream(client.clone());
+    let js = sluice::source::jetstream(client.clone());
     let bench_id = format!("{:x}", now_micros() % 0xffff_ffff);
     let payload = sample_payload(args.payload_bytes);
 
@@ -760,7 +760,7 @@ fn sluice_config(
             streams.extend(tenant.output_stream.clone());
             streams.extend(tenant.dead_letter_stream.clone());
             inputs.push(Input {
-                subject: crate::subject::concrete(&tenant.filter, "bench"),
+                subject: sluice::subject::concrete(&tenant.filter, "bench"),
                 streams,
             });
         }
@@ -828,8 +828,8 @@ async fn run_sluice(
     // Provision and load before the host starts, as for the baseline, so
     // both are timed on a full backlog from their first pull.
     for (id, tenant) in &config.tenants {
-        let mut report = crate::source::Report::default();
-        crate::source::ensure_tenant(js, &config, id, tenant, true, &mut report)
+        let mut report = sluice::source::Report::default();
+        sluice::source::ensure_tenant(js, &config, id, tenant, true, &mut report)
             .await
             .with_context(|| format!("provisioning bench tenant {id}"))?;
     }

@@ -5,14 +5,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::Config;
-use crate::plugin::Registry;
-use crate::wasm::Runtime;
+use sluice::config::Config;
+use sluice::plugin::Registry;
+use sluice::wasm::Runtime;
 
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     config.check_duplicate_window()?;
-    let runtime = Arc::new(Runtime::new(super::cache_dir(Some(&config)))?);
+    let runtime = Arc::new(Runtime::new(sluice::config::cache_dir(Some(&config)))?);
     let registry = Registry::load(runtime, &config)?;
     for id in config.tenants.keys() {
         registry.pipeline(&config, id)?;

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::config::Config;
-use crate::nats_server::NatsServer;
-use crate::service::Service;
+use sluice::config::Config;
+use sluice::nats_server::NatsServer;
+use sluice::service::Service;
 
 /// Arguments of `sluice dev`.
 #[derive(Debug, clap::Args)]

@@ -12,12 +12,12 @@ use anyhow::{Context, bail};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::config::{self, Config};
-use crate::message::{Message, Origin, Verdict};
-use crate::pipeline::Outcome;
-use crate::plugin::Registry;
-use crate::wasm::pool::StageRunner;
-use crate::wasm::{GuestFailure, Limits, Runtime, WasmError};
+use sluice::config::{self, Config};
+use sluice::message::{Message, Origin, Verdict};
+use sluice::pipeline::Outcome;
+use sluice::plugin::Registry;
+use sluice::wasm::pool::StageRunner;
+use sluice::wasm::{GuestFailure, Limits, Runtime, WasmError};
 
 /// Arguments of `sluice handle`.
 #[derive(Debug, clap::Args)]
@@ -96,7 +96,7 @@ pub fn run(args: HandleArgs) -> anyhow::Result<()> {
             .and_then(|s| s.to_str())
             .unwrap_or("plugin")
             .to_owned();
-        let runtime = Runtime::new(super::cache_dir(None))?;
+        let runtime = Runtime::new(sluice::config::cache_dir(None))?;
         let limits = Limits {
             deadline: args.deadline,
             memory: args.memory,
@@ -130,8 +130,8 @@ pub fn run(args: HandleArgs) -> anyhow::Result<()> {
         let subject = args
             .subject
             .clone()
-            .unwrap_or_else(|| crate::subject::concrete(&tenant_config.filter, "test"));
-        let runtime = Arc::new(Runtime::new(super::cache_dir(Some(&config)))?);
+            .unwrap_or_else(|| sluice::subject::concrete(&tenant_config.filter, "test"));
+        let runtime = Arc::new(Runtime::new(sluice::config::cache_dir(Some(&config)))?);
         let registry = Registry::load(runtime, &config)?;
         let pipeline = Arc::new(registry.pipeline(&config, &tenant)?);
         let origin = origin(&args, &tenant, published_us);
@@ -235,7 +235,7 @@ fn outcome_json(outcome: &Outcome, backoff: &[Duration], delivered: u32) -> Valu
             failure,
             plugin,
         } => {
-            let delay = delay.unwrap_or_else(|| crate::sink::backoff_for(backoff, delivered));
+            let delay = delay.unwrap_or_else(|| sluice::sink::backoff_for(backoff, delivered));
             let mut v =
                 json!({"verdict": "retry", "delay_ms": delay.as_millis(), "plugin": plugin});
             if let (Some(f), Some(obj)) = (failure, v.as_object_mut()) {

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::telemetry::{self, LogFormat};
+use sluice::telemetry::{self, LogFormat};
 
 /// Sluice: sandboxed WebAssembly handlers for NATS JetStream.
 #[derive(Debug, Parser)]
@@ -110,13 +110,4 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .thread_name("sluice-io")
         .build()?)
-}
-
-/// The compiled-code cache folder a config asks for (or the default).
-pub(crate) fn cache_dir(config: Option<&crate::config::Config>) -> Option<PathBuf> {
-    match config.and_then(|c| c.wasm.cache_dir.clone()) {
-        Some(dir) if dir.as_os_str().is_empty() => None,
-        Some(dir) => config.map(|c| c.base_dir.join(dir)),
-        None => crate::wasm::Runtime::default_cache_dir(),
-    }
 }

@@ -4,9 +4,9 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use crate::config::Config;
-use crate::service::Service;
-use crate::source::{self, Connections, Report};
+use sluice::config::Config;
+use sluice::service::Service;
+use sluice::source::{self, Connections, Report};
 
 /// Run until SIGINT or SIGTERM, then shut down gracefully.
 pub async fn run(path: &Path, metrics_addr: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
