@@ -195,7 +195,7 @@ impl Sink {
                         // sends in-progress acks) and publish the same
                         // outputs, same ids, until they are all stored.
                         tracing::error!(tenant, stream, seq, error = %e, "publishing outputs failed part-way or on the last delivery; holding the message and retrying until they are all stored");
-                        let stored = self.publish_until_stored(&outputs).await;
+                        let stored = self.publish_until_stored(&outputs, None).await;
                         return self.published(msg, origin, stored).await;
                     }
                     tracing::warn!(tenant, stream, seq, error = %e, "publishing outputs failed; nak, redelivery re-publishes with the same message ids");
@@ -244,7 +244,7 @@ impl Sink {
                 // the message. Hold it and keep trying.
                 TenantStats::bump(&self.stats.publish_errors, 1);
                 tracing::error!(tenant, stream, seq, subject = self.dead_letter, error = %e, "the dead letter could not be stored on the server's last delivery; holding the message and retrying until it is");
-                self.publish_until_stored(&letter).await
+                self.publish_until_stored(&letter, None).await
             }
             Err(e) => {
                 TenantStats::bump(&self.stats.publish_errors, 1);
@@ -263,16 +263,8 @@ impl Sink {
     }
 
     /// Dead-letter a stored message the client cannot read (found by a
-    /// sweep, see [`crate::unreadable`]); `true` once the dead letter is
-    /// stored, `false` if `shutdown` came first. While it cannot be stored
-    /// the message is held with in-progress acks: a redelivery would drop
-    /// the connection again.
-    pub async fn dead_letter_unreadable(
-        &self,
-        found: &crate::unreadable::Found,
-        stream: &str,
-        shutdown: &tokio_util::sync::CancellationToken,
-    ) -> bool {
+    /// sweep, see [`crate::unreadable`]); returns once it is stored.
+    pub async fn dead_letter_unreadable(&self, found: &crate::unreadable::Found, stream: &str) {
         use crate::unreadable::{MAX_HEADER_COPY, SOURCE_HEADERS_HEADER, escape, parse_headers};
         let tenant = &*self.tenant;
         let m = &found.stored;
@@ -305,33 +297,20 @@ impl Sink {
             found.problem
         );
         let letter = [self.dead_letter_message(&origin, &source, &reason, "", extra)];
-        let mut attempt: u32 = 1;
-        loop {
-            match self.publish_all(&letter).await {
-                Ok((_, duplicates)) => {
-                    TenantStats::bump(&self.stats.dead_lettered, 1);
-                    TenantStats::bump(&self.stats.unreadable, 1);
-                    TenantStats::bump(&self.stats.duplicates, duplicates);
-                    return true;
-                }
-                Err(e) => {
-                    TenantStats::bump(&self.stats.publish_errors, 1);
-                    tracing::warn!(tenant, stream, seq = m.seq, subject = self.dead_letter, error = %e, attempt, "the dead letter of an unreadable message could not be stored; holding the message and retrying");
-                    let client = self.js.client();
-                    let _ = client
-                        .publish(found.ack_subject.clone(), "+WPI".into())
-                        .await;
-                }
+        let (_, duplicates) = match self.publish_all(&letter).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                // A redelivery would drop the connection again: hold the
+                // message with in-progress acks until it is stored.
+                TenantStats::bump(&self.stats.publish_errors, 1);
+                tracing::warn!(tenant, stream, seq = m.seq, subject = self.dead_letter, error = %e, "the dead letter of an unreadable message could not be stored; holding the message and retrying");
+                self.publish_until_stored(&letter, Some(&found.ack_subject))
+                    .await
             }
-            // Each try sends an in-progress ack too: often enough for the
-            // shortest ack_wait the config allows.
-            let delay = backoff_for(&self.backoff, attempt).min(Duration::from_millis(500));
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = shutdown.cancelled() => return false,
-            }
-            attempt = attempt.saturating_add(1);
-        }
+        };
+        TenantStats::bump(&self.stats.dead_lettered, 1);
+        TenantStats::bump(&self.stats.unreadable, 1);
+        TenantStats::bump(&self.stats.duplicates, duplicates);
     }
 
     /// Every output of a message is stored: count them and ack the source.
@@ -353,11 +332,26 @@ impl Sink {
     /// For the server's last delivery, which a nak would give up: the
     /// message is held (and kept from redelivery by in-progress acks) for
     /// as long as its outputs cannot be stored, and the tenant's in-flight
-    /// limit turns a broken output stream into back-pressure.
-    async fn publish_until_stored(&self, messages: &[Message]) -> (u64, u64) {
+    /// limit turns a broken output stream into back-pressure. A message
+    /// the tenant does not hold itself names its ack subject in
+    /// `keep_alive`: each try then sends the in-progress ack, at least
+    /// every 500 ms (half the shortest ack_wait the config allows).
+    async fn publish_until_stored(
+        &self,
+        messages: &[Message],
+        keep_alive: Option<&str>,
+    ) -> (u64, u64) {
         let mut attempt: u32 = 1;
         loop {
-            let delay = backoff_for(&self.backoff, attempt).min(self.max_retry_delay);
+            let mut delay = backoff_for(&self.backoff, attempt).min(self.max_retry_delay);
+            if let Some(ack) = keep_alive {
+                let _ = self
+                    .js
+                    .client()
+                    .publish(ack.to_owned(), "+WPI".into())
+                    .await;
+                delay = delay.min(Duration::from_millis(500));
+            }
             tokio::time::sleep(delay).await;
             match self.publish_all(messages).await {
                 Ok(stored) => return stored,

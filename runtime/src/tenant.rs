@@ -187,8 +187,9 @@ impl Tenant {
 
     /// Sweep the consumer for stored messages the client cannot read (see
     /// [`crate::unreadable`]): once bound, then after every reconnect of
-    /// the tenant's connection (`connects` moves), until `shutdown`. Each
-    /// one found is dead-lettered and terminated.
+    /// the tenant's connection (`connects` moves), until `shutdown` (the
+    /// caller also aborts it when the pull loop ends). Each one found is
+    /// dead-lettered and terminated.
     pub async fn sweep_unreadable(
         self: Arc<Self>,
         js: jetstream::Context,
@@ -196,36 +197,11 @@ impl Tenant {
         mut connects: tokio::sync::watch::Receiver<u64>,
         shutdown: CancellationToken,
     ) {
-        let tenant = &*self.id;
         let mut sweeper = crate::unreadable::Sweeper::new(js, consumer.cached_info());
         let mut info = Some(consumer.cached_info().clone());
         loop {
             if let Some(info) = info.take() {
-                match sweeper.sweep(&info).await {
-                    Ok(found) => {
-                        for f in found {
-                            tracing::error!(
-                                tenant,
-                                stream = info.stream_name,
-                                seq = f.stored.seq,
-                                subject = f.stored.subject,
-                                problem = f.problem,
-                                "a stored message the NATS client cannot read (it drops the connection on each delivery); dead-lettering it"
-                            );
-                            if !self
-                                .sink
-                                .dead_letter_unreadable(&f, &info.stream_name, &shutdown)
-                                .await
-                            {
-                                return;
-                            }
-                            sweeper.settled(f.stored.seq).await;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(tenant, error = %e, "sweeping for unreadable messages failed; trying again at the next reconnect");
-                    }
-                }
+                self.sweep_once(&mut sweeper, &info).await;
             }
             tokio::select! {
                 changed = connects.changed() => if changed.is_err() { return },
@@ -243,9 +219,41 @@ impl Tenant {
                         info = Some(i.clone());
                         break;
                     }
-                    Err(e) => tracing::debug!(tenant, error = %e, "consumer info for a sweep"),
+                    Err(e) => {
+                        tracing::debug!(tenant = &*self.id, error = %e, "consumer info for a sweep")
+                    }
                 }
             }
+        }
+    }
+
+    /// One sweep from where the consumer stands (`info`).
+    async fn sweep_once(
+        &self,
+        sweeper: &mut crate::unreadable::Sweeper,
+        info: &jetstream::consumer::Info,
+    ) {
+        let tenant = &*self.id;
+        let found = match sweeper.sweep(info).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(tenant, error = %e, "sweeping for unreadable messages failed; trying again at the next reconnect");
+                return;
+            }
+        };
+        for f in found {
+            tracing::error!(
+                tenant,
+                stream = info.stream_name,
+                seq = f.stored.seq,
+                subject = f.stored.subject,
+                problem = f.problem,
+                "a stored message the NATS client cannot read (it drops the connection on each delivery); dead-lettering it"
+            );
+            self.sink
+                .dead_letter_unreadable(&f, &info.stream_name)
+                .await;
+            sweeper.settled(f.stored.seq).await;
         }
     }
 
