@@ -4,7 +4,7 @@
 //! messages finish within a grace period. `sluice run` and `sluice dev` are
 //! thin shells around this.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,9 +53,6 @@ pub fn client_restarts() -> u64 {
 struct Running {
     tenant: Arc<Tenant>,
     config: TenantConfig,
-    /// The digest of its credentials files when it started: a rotated
-    /// `.creds` or nkey file restarts the tenant on a fresh connection.
-    credentials: Option<String>,
     source: TenantSource,
     /// What its relative paths are relative to, if not the main config's
     /// folder.
@@ -85,18 +82,22 @@ struct Inner {
     reloads: ReloadStats,
     /// Serialises swaps and tenant changes so two rescans never interleave.
     changes: tokio::sync::Mutex<()>,
-    /// Every connection made, for health checks.
-    /// Each with its label and the digest of its credentials files when it
-    /// connected.
-    #[allow(clippy::type_complexity)] // Used in this file only.
-    clients: Mutex<
-        Vec<(
-            crate::config::NatsConfig,
-            String,
-            async_nats::Client,
-            Option<String>,
-        )>,
-    >,
+    /// Every connection made, for health checks and the supervisor.
+    clients: Mutex<Vec<Connected>>,
+}
+
+/// One connection made, as the health checks and the supervisor see it.
+#[derive(Clone)]
+struct Connected {
+    nats: crate::config::NatsConfig,
+    /// Its servers (passwords redacted) and whose it is.
+    label: String,
+    client: async_nats::Client,
+    /// What its credentials paths are relative to.
+    base: PathBuf,
+    /// The digest of its credentials files when it connected: a rotated
+    /// `.creds` or nkey file restarts its tenants on a new connection.
+    credentials: Option<String>,
 }
 
 impl crate::ops::Status for Inner {
@@ -126,9 +127,9 @@ impl crate::ops::Status for Inner {
         let clients = self.clients.lock().map(|c| c.clone()).unwrap_or_default();
         clients
             .into_iter()
-            .map(|(_, label, c, _)| {
-                let up = c.connection_state() == async_nats::connection::State::Connected;
-                (label, up)
+            .map(|c| {
+                let up = c.client.connection_state() == async_nats::connection::State::Connected;
+                (c.label, up)
             })
             .collect()
     }
@@ -382,7 +383,7 @@ impl Inner {
         if let Ok(mut clients) = self.clients.lock() {
             // One entry per distinct connection (one client may serve
             // several tenants).
-            if !clients.iter().any(|(n, ..)| *n == nats) {
+            if !clients.iter().any(|c| c.nats == nats) {
                 let mut label = nats
                     .servers
                     .iter()
@@ -397,8 +398,13 @@ impl Inner {
                 {
                     label.push_str(&format!(" (credentials {})", clients.len() + 1));
                 }
-                let credentials = nats_credentials_digest(&nats, &base);
-                clients.push((nats.clone(), label, client.clone(), credentials));
+                clients.push(Connected {
+                    credentials: credentials_digest(&nats, &base),
+                    nats: nats.clone(),
+                    label,
+                    client: client.clone(),
+                    base: base.clone(),
+                });
             }
         }
         let js = source::jetstream(client);
@@ -426,7 +432,6 @@ impl Inner {
             Running {
                 tenant,
                 base_dir: base_dir.map(Path::to_owned),
-                credentials: credentials_digest(&tenant_config),
                 config: tenant_config,
                 source,
                 cancel,
@@ -452,47 +457,50 @@ impl Inner {
         }
     }
 
-    /// Check every connection each [`CONNECTION_CHECK`]; one whose client
+    /// Check every connection each [`CONNECTION_CHECK`]. One whose client
     /// has stopped for good (see [`source::is_dead`]) has its tenants
-    /// restarted on a new one. Their unread messages are then swept before
-    /// the server redelivers them.
+    /// restarted on a new one (their unread messages are then swept before
+    /// the server redelivers them); so does one whose `.creds` or nkey
+    /// file changed, once two checks in a row read the same new content.
     async fn supervise_connections(self: Arc<Self>, shutdown: CancellationToken) {
+        // A changed credentials digest, by connection, waiting to be seen
+        // again: a file caught mid-write must not restart tenants with it.
+        let mut changed: HashMap<crate::config::NatsConfig, String> = HashMap::new();
         loop {
             tokio::select! {
                 () = tokio::time::sleep(CONNECTION_CHECK) => {}
                 () = shutdown.cancelled() => return,
             }
             let clients = self.clients.lock().map(|c| c.clone()).unwrap_or_default();
-            for (nats, label, client, credentials) in clients {
-                if source::is_dead(&client).await {
+            for c in clients {
+                if source::is_dead(&c.client).await {
                     CLIENT_RESTARTS.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(
-                        connection = label,
+                        connection = c.label,
                         "the NATS client stopped for good (it panicked on a message it could not parse); restarting its tenants on a new connection"
                     );
-                    self.restart_connection(&nats).await;
-                } else if self.rotated(&nats, credentials.as_deref()) {
+                    self.restart_connection(&c.nats).await;
+                    continue;
+                }
+                // A file that cannot be read now (being rewritten) is not
+                // a change.
+                let Some(now) = credentials_digest(&c.nats, &c.base) else {
+                    continue;
+                };
+                if Some(&now) == c.credentials.as_ref() {
+                    changed.remove(&c.nats);
+                } else if changed.get(&c.nats) == Some(&now) {
+                    changed.remove(&c.nats);
                     tracing::info!(
-                        connection = label,
+                        connection = c.label,
                         "credentials file changed; restarting the tenants on this connection with it"
                     );
-                    self.restart_connection(&nats).await;
+                    self.restart_connection(&c.nats).await;
+                } else {
+                    changed.insert(c.nats.clone(), now);
                 }
             }
         }
-    }
-
-    /// Whether the credentials files of a connection that tenants of the
-    /// main config use changed since it connected (`connected_with`).
-    /// Folder tenants' files are followed by the folder rescan instead.
-    fn rotated(&self, nats: &crate::config::NatsConfig, connected_with: Option<&str>) -> bool {
-        let from_config = self.lock_tenants().values().any(|r| {
-            r.source == TenantSource::Config && source::tenant_nats(&self.config, &r.config) == nats
-        });
-        // A file that cannot be read now (being rewritten) is not a change.
-        from_config
-            && nats_credentials_digest(nats, &self.config.base_dir)
-                .is_some_and(|now| Some(now.as_str()) != connected_with)
     }
 
     /// Stop every tenant on the connection for `nats` (which closes it) and
@@ -531,7 +539,7 @@ impl Inner {
             return;
         }
         if let Ok(mut clients) = self.clients.lock() {
-            clients.retain(|(n, ..)| n != nats);
+            clients.retain(|c| c.nats != *nats);
         }
         let client = self.connections.lock().await.remove(nats);
         if let Some(client) = client {
@@ -699,11 +707,11 @@ impl Inner {
                 }
             }
         }
-        let running: BTreeMap<String, (TenantConfig, Option<String>)> = self
+        let running: BTreeMap<String, TenantConfig> = self
             .lock_tenants()
             .iter()
             .filter(|(_, r)| r.source == TenantSource::Folder)
-            .map(|(id, r)| (id.clone(), (r.config.clone(), r.credentials.clone())))
+            .map(|(id, r)| (id.clone(), r.config.clone()))
             .collect();
         for (id, _) in running
             .iter()
@@ -712,12 +720,10 @@ impl Inner {
             self.stop_tenant(id).await;
         }
         for (id, (tc, folder)) in wanted {
+            // A rotated credentials file alone is the supervisor's to
+            // follow (see `supervise_connections`).
             match running.get(&id) {
-                Some((current, credentials))
-                    if *current == tc && *credentials == credentials_digest(&tc) =>
-                {
-                    continue;
-                }
+                Some(current) if *current == tc => continue,
                 Some(_) => self.stop_tenant(&id).await,
                 None => {}
             }
@@ -768,16 +774,10 @@ fn tenant_folders(dir: &Path) -> Vec<(String, PathBuf)> {
 }
 
 /// A folder tenant's credential files are relative to its folder, and a
-/// The SHA-256 of a tenant's `.creds` and nkey files, if it has any and
-/// they can be read: what tells a rotated credential from an unchanged one.
-fn credentials_digest(tc: &TenantConfig) -> Option<String> {
-    // A folder tenant's paths are absolute by now.
-    nats_credentials_digest(tc.nats.as_ref()?, Path::new(""))
-}
-
-/// The digest of `nats`'s `.creds` and nkey files (relative to `base`),
-/// `None` if it names none or none can be read.
-fn nats_credentials_digest(nats: &crate::config::NatsConfig, base: &Path) -> Option<String> {
+/// The SHA-256 of `nats`'s `.creds` and nkey files (relative to `base`),
+/// `None` if it names none or none can be read: what tells a rotated
+/// credential from an unchanged one.
+fn credentials_digest(nats: &crate::config::NatsConfig, base: &Path) -> Option<String> {
     let mut hasher = Sha256::new();
     let mut any = false;
     for path in [&nats.creds_file, &nats.nkey_file].into_iter().flatten() {
