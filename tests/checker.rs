@@ -305,3 +305,12 @@ pub async fn assert_nothing_lost(js: &jetstream::Context, flows: &[Flow], n: u64
     }
     tallies
 }
+
+/// (outputs, dead letters, lost, duplicated) per tally, for a fault
+/// test's figures line.
+pub fn figures(tallies: &[Tally]) -> Vec<(usize, usize, usize, usize)> {
+    tallies
+        .iter()
+        .map(|t| (t.outputs, t.dead, t.lost.len(), t.duplicated.len()))
+        .collect()
+}

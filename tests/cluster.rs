@@ -235,10 +235,7 @@ where
         "{what}: {} inputs per tenant, settled {:.1} s after the fault; {:?}",
         N,
         recovered.as_secs_f64(),
-        tallies
-            .iter()
-            .map(|t| (t.outputs, t.dead, t.lost.len(), t.duplicated.len()))
-            .collect::<Vec<_>>()
+        crate::checker::figures(&tallies)
     );
     service.shutdown().await;
 }

@@ -240,10 +240,7 @@ async fn server_killed_mid_stream(sync: Option<&str>) {
         "server SIGKILL ({}): {N} inputs per tenant, settled {:.1} s after the kill; {:?}",
         sync.unwrap_or("default sync"),
         killed.elapsed().as_secs_f64(),
-        tallies
-            .iter()
-            .map(|t| (t.outputs, t.dead, t.lost.len(), t.duplicated.len()))
-            .collect::<Vec<_>>()
+        crate::checker::figures(&tallies)
     );
     service.shutdown().await;
 }
@@ -437,25 +434,10 @@ async fn a_host_started_before_nats_waits_and_then_processes() {
 /// `verdict` guest; `ack_wait` short enough that a killed host's messages
 /// come back quickly.
 fn shared_config() -> String {
-    format!(
-        r#"
-[nats]
-servers = ["{{url}}"]
-
-[host]
-provision = true
-shutdown_grace = "5s"
-
-[plugin.verdict]
-path = "{{dist}}/testing/verdict.wasm"
-
-[defaults]
-ack_wait = "3s"
-max_deliver = 10
-backoff = ["100ms"]
-{}{}"#,
-        crate::support::tenant_block("acme", "ACME", "verdict"),
-        crate::support::tenant_block("globex", "GLOBEX", "verdict"),
+    crate::support::pair_config(
+        "",
+        "ack_wait = \"3s\"\nmax_deliver = 10\nbackoff = [\"100ms\"]",
+        "verdict",
     )
 }
 
@@ -501,10 +483,7 @@ async fn several_hosts(hosts: usize) {
         "{hosts} hosts, one SIGKILLed: {N} inputs per tenant, settled {:.1} s after the kill ({:.1} s of it waiting); {:?}",
         killed.elapsed().as_secs_f64(),
         took.as_secs_f64(),
-        tallies
-            .iter()
-            .map(|t| (t.outputs, t.dead, t.lost.len(), t.duplicated.len()))
-            .collect::<Vec<_>>()
+        crate::checker::figures(&tallies)
     );
     for p in &mut procs[1..] {
         assert!(
@@ -597,10 +576,7 @@ async fn full_output_and_dead_letter_streams_hold_sources_until_raised() {
     eprintln!(
         "full streams raised: {N} inputs per tenant, settled {:.1} s after; {:?}",
         raised.elapsed().as_secs_f64(),
-        tallies
-            .iter()
-            .map(|t| (t.outputs, t.dead, t.lost.len(), t.duplicated.len()))
-            .collect::<Vec<_>>()
+        crate::checker::figures(&tallies)
     );
     service.shutdown().await;
 }
@@ -663,10 +639,7 @@ async fn a_handler_slower_than_ack_wait_is_never_redelivered_to_the_other_host()
     eprintln!(
         "slow handler: {N} inputs per tenant, 10 of them 3 s each; settled in {:.1} s; {:?}",
         took.as_secs_f64(),
-        tallies
-            .iter()
-            .map(|t| (t.outputs, t.dead, t.lost.len(), t.duplicated.len()))
-            .collect::<Vec<_>>()
+        crate::checker::figures(&tallies)
     );
     for h in hosts {
         h.shutdown().await;
@@ -780,10 +753,7 @@ async fn revoked_credentials_stop_only_their_tenant_and_nothing_is_lost() {
     eprintln!(
         "restored: acme finished {N} inputs {:.1} s after its user came back; {:?}",
         restored.elapsed().as_secs_f64(),
-        tallies
-            .iter()
-            .map(|t| (t.outputs, t.dead, t.lost.len(), t.duplicated.len()))
-            .collect::<Vec<_>>()
+        crate::checker::figures(&tallies)
     );
     wait_for("ready again", LIMIT, || async {
         readyz().await.unwrap().0 == 200

@@ -13,8 +13,8 @@ use sluice::wasm::{FailureKind, Limits, WasmError};
 use sluice::{Origin, OutputCaps};
 
 use crate::support::{
-    config_file, header, js, load, msg, nats, publish, read_stream, settled, stream_len,
-    tenant_block, wait_for,
+    config_file, header, js, load, msg, nats, pair_config, publish, read_stream, settled,
+    stream_len, wait_for,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -25,30 +25,10 @@ const NEIGHBOUR: u64 = 50;
 /// `plugin`, `globex` runs `verdict`. Each has its own input, output and
 /// dead-letter streams; two deliveries, then a dead letter.
 fn config(plugin: &str) -> String {
-    format!(
-        r#"
-[nats]
-servers = ["{{url}}"]
-
-[host]
-provision = true
-shutdown_grace = "5s"
-
-[plugin.verdict]
-path = "{{dist}}/testing/verdict.wasm"
-
-[plugin.hostile]
-path = "{{dist}}/testing/hostile.wasm"
-{plugin}
-
-[defaults]
-ack_wait = "2s"
-max_deliver = 2
-backoff = ["100ms"]
-max_retry_delay = "300ms"
-{}{}"#,
-        tenant_block("acme", "ACME", "hostile"),
-        tenant_block("globex", "GLOBEX", "verdict"),
+    pair_config(
+        &format!("\n[plugin.hostile]\npath = \"{{dist}}/testing/hostile.wasm\"\n{plugin}\n"),
+        "ack_wait = \"2s\"\nmax_deliver = 2\nbackoff = [\"100ms\"]\nmax_retry_delay = \"300ms\"",
+        "hostile",
     )
 }
 

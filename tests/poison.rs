@@ -10,8 +10,7 @@ use sluice::config::Config;
 use sluice::service::Service;
 
 use crate::support::{
-    config_file, header, js, nats, publish, read_stream, settled, stream_len, tenant_block,
-    wait_for,
+    config_file, header, js, nats, pair_config, publish, read_stream, settled, stream_len, wait_for,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -73,25 +72,10 @@ fn hpub_op(subject: &[u8], headers: &[u8], payload: &[u8]) -> Vec<u8> {
 /// Two tenants on one connection: `acme` gets the poison, `globex` is the
 /// neighbour. Both run `verdict` (`next` → one output).
 fn config() -> String {
-    format!(
-        r#"
-[nats]
-servers = ["{{url}}"]
-
-[host]
-provision = true
-shutdown_grace = "5s"
-
-[plugin.verdict]
-path = "{{dist}}/testing/verdict.wasm"
-
-[defaults]
-ack_wait = "2s"
-max_deliver = 3
-backoff = ["100ms"]
-{}{}"#,
-        tenant_block("acme", "ACME", "verdict"),
-        tenant_block("globex", "GLOBEX", "verdict"),
+    pair_config(
+        "",
+        "ack_wait = \"2s\"\nmax_deliver = 3\nbackoff = [\"100ms\"]",
+        "verdict",
     )
 }
 

@@ -377,3 +377,28 @@ pipeline = [{{ plugin = "{plugin}" }}]
 "#
     )
 }
+
+/// Two tenants on one host and server: `acme` (one stage running
+/// `acme_plugin`) and `globex` (the `verdict` guest), laid out as
+/// [`tenant_block`] has it, provisioned. `plugins` adds `[plugin.NAME]`
+/// sections beside verdict's; `defaults` is the `[defaults]` body.
+pub fn pair_config(plugins: &str, defaults: &str, acme_plugin: &str) -> String {
+    format!(
+        r#"
+[nats]
+servers = ["{{url}}"]
+
+[host]
+provision = true
+shutdown_grace = "5s"
+
+[plugin.verdict]
+path = "{{dist}}/testing/verdict.wasm"
+{plugins}
+[defaults]
+{defaults}
+{}{}"#,
+        tenant_block("acme", "ACME", acme_plugin),
+        tenant_block("globex", "GLOBEX", "verdict"),
+    )
+}
