@@ -28,7 +28,11 @@ fn sluice_in(dir: &Path) -> Command {
     cmd.current_dir(dir)
         .env("PATH", path)
         .env("CARGO_TARGET_DIR", root().join("target/scaffold"))
-        .env("XDG_CACHE_HOME", cache_home());
+        .env("XDG_CACHE_HOME", cache_home())
+        // scripts/test builds the host with clippy as the workspace wrapper;
+        // the project `sluice build` makes is the user's own, built plainly.
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CLIPPY_ARGS");
     // Outside the repository no rust-toolchain.toml applies; build with the
     // toolchain it pins, which scripts/setup gave the wasm32-wasip2 target.
     if let Some(channel) = pinned_toolchain() {
