@@ -23,4 +23,5 @@ mod properties;
 mod props;
 mod sandbox;
 mod scaffold;
+mod scale;
 mod support;

@@ -31,9 +31,6 @@ use crate::wasm::pool::{Ran, WorkerPool};
 /// that an idle tenant costs one request every few seconds; short enough
 /// that a shutdown or a consumer change is noticed promptly.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
-/// Idle heartbeat of a pull request: a dead server is noticed within two of
-/// these instead of at `PULL_EXPIRES`.
-const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 /// Largest single pull. JetStream serves big batches fine; the cap keeps one
 /// request's messages from arriving as one huge burst.
 const MAX_PULL: usize = 1024;
@@ -166,7 +163,13 @@ impl Tenant {
                 .batch()
                 .max_messages(permits.len())
                 .expires(PULL_EXPIRES)
-                .heartbeat(PULL_HEARTBEAT)
+                // No idle heartbeat: async-nats' `Batch` consumes one
+                // without asking to be woken again, so a pull that had
+                // heard one stopped reading until its client-side timeout
+                // (expiry + 5 s) and what arrived meanwhile was left to a
+                // redelivery (tests/scale.rs). A dead connection still
+                // ends the pull by then, and idle tenants cost the server
+                // no heartbeat a second each.
                 .messages()
                 .await
             {
