@@ -740,7 +740,20 @@ async fn revoked_credentials_stop_only_their_tenant_and_nothing_is_lost() {
     // Restore: acme reconnects and finishes.
     reload(accounts(true));
     let restored = Instant::now();
-    let acme_js = crate::support::js_as(&url, "acme", "apass").await;
+    // SIGHUP reloads in the background: acme's user may not be back yet.
+    let acme_js = loop {
+        match async_nats::ConnectOptions::with_user_and_password("acme".into(), "apass".into())
+            .connect(&url)
+            .await
+        {
+            Ok(client) => break async_nats::jetstream::new(client),
+            Err(e) if restored.elapsed() < LIMIT => {
+                eprintln!("acme cannot connect yet: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("acme's user was restored {LIMIT:?} ago, still: {e}"),
+        }
+    };
     publish(&acme_js, &acme, N / 2..N).await;
     wait_settled(
         &acme_js,

@@ -27,13 +27,33 @@ use crate::sink::{self, Sink};
 use crate::telemetry::TenantStats;
 use crate::wasm::pool::{Ran, WorkerPool};
 
-/// How long one pull request waits server-side for messages. Long enough
-/// that an idle tenant costs one request every few seconds; short enough
-/// that a shutdown or a consumer change is noticed promptly.
+/// How long one pull request waits server-side for messages while the
+/// tenant is busy. A shutdown, a reconnect or a deleted consumer ends a
+/// pull at once, so the expiry only sets how often an idle pull is renewed.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// Each pull that comes back empty doubles the next one's expiry, up to
+/// this: a thousand idle tenants then cost the server a pull request every
+/// 30 ms instead of every 5 ms. A message arriving for an idle tenant is
+/// delivered at once to its waiting pull; the first with messages brings
+/// the expiry back to `PULL_EXPIRES`.
+const IDLE_PULL_EXPIRES: Duration = Duration::from_secs(30);
 /// Largest single pull. JetStream serves big batches fine; the cap keeps one
 /// request's messages from arriving as one huge burst.
 const MAX_PULL: usize = 1024;
+/// What ends a pull early, besides its own expiry.
+struct PullEnds<'a> {
+    shutdown: &'a CancellationToken,
+    /// Moves at each reconnect of the tenant's connection.
+    connects: &'a mut tokio::sync::watch::Receiver<u64>,
+}
+
+/// The next reconnect; never, once the connection's supervisor is gone.
+async fn reconnected(connects: &mut tokio::sync::watch::Receiver<u64>) {
+    if connects.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Most messages one worker-pool job carries. Messages that arrive together
 /// share a job (one hand-off to a worker thread and one reply instead of one
 /// per message); the cap bounds how long the first waits for the last:
@@ -133,6 +153,7 @@ impl Tenant {
     pub async fn pull_loop(
         self: Arc<Self>,
         consumer: PullConsumer,
+        mut connects: tokio::sync::watch::Receiver<u64>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Result<(), ConsumerDeleted> {
@@ -145,6 +166,9 @@ impl Tenant {
             );
         }
         let mut pause = ERROR_PAUSE.0;
+        let mut expires = PULL_EXPIRES;
+        // Reconnects before this pull started are not news to it.
+        connects.mark_unchanged();
         while !shutdown.is_cancelled() {
             // Wait for one free permit, then take every other free one, up
             // to one pull's worth.
@@ -162,7 +186,7 @@ impl Tenant {
             let pulled = match consumer
                 .batch()
                 .max_messages(permits.len())
-                .expires(PULL_EXPIRES)
+                .expires(expires)
                 // No idle heartbeat: async-nats' `Batch` consumes one
                 // without asking to be woken again, so a pull that had
                 // heard one stopped reading until its client-side timeout
@@ -174,15 +198,22 @@ impl Tenant {
                 .await
             {
                 Ok(batch) => {
-                    self.consume(batch, permits, &tasks, &shutdown, &mut pause)
-                        .await
+                    let ends = PullEnds {
+                        shutdown: &shutdown,
+                        connects: &mut connects,
+                    };
+                    self.consume(batch, permits, &tasks, ends, &mut pause).await
                 }
                 Err(e) => Err(e.into()),
             };
-            if let Err(e) = pulled {
-                tracing::warn!(tenant, error = %e, "pull failed; retrying");
-                self.pause_after_error(&consumer, &shutdown, &mut pause)
-                    .await?;
+            match pulled {
+                Ok(0) => expires = (expires * 2).min(IDLE_PULL_EXPIRES),
+                Ok(_) => expires = PULL_EXPIRES,
+                Err(e) => {
+                    tracing::warn!(tenant, error = %e, "pull failed; retrying");
+                    self.pause_after_error(&consumer, &shutdown, &mut pause)
+                        .await?;
+                }
             }
         }
         Ok(())
@@ -261,19 +292,21 @@ impl Tenant {
     }
 
     /// Admit one pull's messages as they arrive, each with one of `permits`,
-    /// until the pull is complete or `shutdown`. Messages already waiting
-    /// behind the one that woke the loop are admitted with it and share a
-    /// job, up to [`MAX_JOB`]. Permits left when the pull ends are released.
+    /// until the pull is complete, `shutdown` or a reconnect. Messages
+    /// already waiting behind the one that woke the loop are admitted with
+    /// it and share a job, up to [`MAX_JOB`]. Permits left when the pull
+    /// ends are released. Returns how many messages the pull brought.
     async fn consume(
         self: &Arc<Self>,
         mut batch: Batch,
         mut permits: Vec<OwnedSemaphorePermit>,
         tasks: &TaskTracker,
-        shutdown: &CancellationToken,
+        ends: PullEnds<'_>,
         pause: &mut Duration,
-    ) -> Result<(), async_nats::Error> {
+    ) -> Result<usize, async_nats::Error> {
         let tenant = &*self.id;
         let mut admitted = Vec::new();
+        let mut received = 0;
         loop {
             let next = match batch.next().now_or_never() {
                 Some(next) => next,
@@ -283,13 +316,27 @@ impl Tenant {
                     self.spawn_batch(tasks, std::mem::take(&mut admitted));
                     tokio::select! {
                         n = batch.next() => n,
-                        () = shutdown.cancelled() => return Ok(()),
+                        () = ends.shutdown.cancelled() => return Ok(received),
+                        // A server that restarted has forgotten this pull:
+                        // ask again now instead of at its client-side
+                        // timeout. (Messages the old pull was sent and
+                        // lost are redelivered after ack_wait.)
+                        // Counted as busy: the next pull starts short.
+                        () = reconnected(ends.connects) => return Ok(received.max(1)),
                     }
                 }
             };
             match next {
                 Some(Ok(msg)) => {
                     *pause = ERROR_PAUSE.0;
+                    received += 1;
+                    // What the consumer had left when this was sent: the
+                    // lag, kept current at no cost while messages flow.
+                    if let Ok(info) = msg.info() {
+                        self.stats
+                            .lag
+                            .store(info.pending, std::sync::atomic::Ordering::Relaxed);
+                    }
                     match permits.pop() {
                         Some(permit) => admitted.push((msg, permit)),
                         // The server never sends more than asked for;
@@ -310,7 +357,7 @@ impl Tenant {
                 // The pull is complete (or expired): ask again.
                 None => {
                     self.spawn_batch(tasks, admitted);
-                    return Ok(());
+                    return Ok(received);
                 }
             }
         }
