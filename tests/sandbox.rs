@@ -157,7 +157,7 @@ fn a_guest_publishing_to_another_tenants_subject_is_dead_lettered() {
 
 #[test]
 fn the_worker_pool_runs_pipelines_off_the_async_reactor() {
-    let pool = WorkerPool::new(2, 8).unwrap();
+    let pool = WorkerPool::new(2).unwrap();
     let stage = Stage::new(load("echo", limits()), vec![]);
     let pipeline = Arc::new(Pipeline::new(
         "acme",

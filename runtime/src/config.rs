@@ -50,7 +50,7 @@ pub struct Config {
     /// The host process: shutdown, provisioning.
     #[serde(default)]
     pub host: HostConfig,
-    /// The guest runtime: worker threads, queue, compiled-code cache.
+    /// The guest runtime: worker threads, compiled-code cache.
     #[serde(default)]
     pub wasm: WasmConfig,
     /// Where plugins come from and their default limits.
@@ -122,10 +122,6 @@ pub struct WasmConfig {
     /// Worker threads that run guest calls. Default: the number of cores.
     #[serde(default = "default_workers")]
     pub workers: usize,
-    /// Bound of the job queue in front of the workers; when it is full,
-    /// callers wait (this is the backpressure). Default 1024.
-    #[serde(default = "default_queue")]
-    pub queue: usize,
     /// Where compiled plugins are cached across restarts. Default:
     /// `$XDG_CACHE_HOME/sluice` or `~/.cache/sluice`; `""` turns the disk
     /// cache off.
@@ -220,6 +216,11 @@ pub struct TenantDefaults {
     /// Most messages a tenant holds between pull and settle. Default 256.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// A tenant's share of the worker threads when several have work
+    /// queued: a tenant of weight 2 gets twice the worker time of one of
+    /// weight 1. Default 1; 1 to 1000.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
     /// JetStream ack wait of the tenant's consumer. Default 30 s.
     #[serde(default = "default_ack_wait", with = "duration")]
     pub ack_wait: Duration,
@@ -282,6 +283,9 @@ pub struct TenantConfig {
     /// Overrides `defaults.max_in_flight`.
     #[serde(default)]
     pub max_in_flight: Option<usize>,
+    /// Overrides `defaults.weight`.
+    #[serde(default)]
+    pub weight: Option<u32>,
     /// Overrides `defaults.ack_wait`.
     #[serde(default, with = "opt_duration")]
     pub ack_wait: Option<Duration>,
@@ -312,11 +316,6 @@ pub struct StageConfig {
 
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
-}
-/// Deep enough to keep every worker busy across a burst from several tenants,
-/// small enough that a stalled pool pushes back within a second of traffic.
-const fn default_queue() -> usize {
-    1024
 }
 /// A Rust handler answers in microseconds; 100 ms leaves room for cold caches
 /// and interpreted guests while still catching a loop quickly.
@@ -368,6 +367,10 @@ fn default_servers() -> Vec<String> {
 /// tenant while a slow tenant cannot hold more than this much of the host.
 const fn default_max_in_flight() -> usize {
     256
+}
+/// Every tenant alike unless told otherwise.
+const fn default_weight() -> u32 {
+    1
 }
 /// JetStream's own default.
 const fn default_ack_wait() -> Duration {
@@ -436,7 +439,6 @@ impl Default for WasmConfig {
     fn default() -> Self {
         WasmConfig {
             workers: default_workers(),
-            queue: default_queue(),
             cache_dir: None,
         }
     }
@@ -473,6 +475,7 @@ impl Default for TenantDefaults {
     fn default() -> Self {
         TenantDefaults {
             max_in_flight: default_max_in_flight(),
+            weight: default_weight(),
             ack_wait: default_ack_wait(),
             max_deliver: default_max_deliver(),
             backoff: default_backoff(),
@@ -487,6 +490,8 @@ impl Default for TenantDefaults {
 pub struct Limits {
     /// See [`TenantDefaults::max_in_flight`].
     pub max_in_flight: usize,
+    /// See [`TenantDefaults::weight`].
+    pub weight: u32,
     /// See [`TenantDefaults::ack_wait`].
     pub ack_wait: Duration,
     /// See [`TenantDefaults::max_deliver`].
@@ -655,9 +660,6 @@ impl Config {
         }
         if self.wasm.workers == 0 {
             return Err(self.error("wasm.workers", "must be at least 1"));
-        }
-        if self.wasm.queue == 0 {
-            return Err(self.error("wasm.queue", "must be at least 1"));
         }
         check_limits(self, "plugins", self.plugins.deadline, self.plugins.memory)?;
         check_output_caps(
@@ -838,6 +840,7 @@ impl Config {
             max_in_flight: tenant
                 .and_then(|t| t.max_in_flight)
                 .unwrap_or(d.max_in_flight),
+            weight: tenant.and_then(|t| t.weight).unwrap_or(d.weight),
             ack_wait: tenant.and_then(|t| t.ack_wait).unwrap_or(d.ack_wait),
             max_deliver: tenant.and_then(|t| t.max_deliver).unwrap_or(d.max_deliver),
             backoff: tenant
@@ -1038,6 +1041,9 @@ fn check_output_caps(
 
 /// Most messages one tenant may hold in flight.
 const MAX_IN_FLIGHT_LIMIT: usize = 100_000;
+/// Largest weight: a thousand to one is already more than one host's
+/// workers can tell apart.
+const MAX_WEIGHT: u32 = 1000;
 /// Most deliveries a tenant may ask for.
 const MAX_DELIVER_LIMIT: u32 = 1_000_000;
 /// Longest ack_wait, backoff step or retry delay.
@@ -1049,6 +1055,12 @@ fn check_tenant_limits(config: &Config, at: &str, limits: &Limits) -> Result<(),
     }
     if limits.max_deliver == 0 {
         return Err(config.error(format!("{at}.max_deliver"), "must be at least 1"));
+    }
+    if !(1..=MAX_WEIGHT).contains(&limits.weight) {
+        return Err(config.error(
+            format!("{at}.weight"),
+            format!("must be from 1 to {MAX_WEIGHT}"),
+        ));
     }
     if limits.ack_wait < Duration::from_secs(1) {
         return Err(config.error(format!("{at}.ack_wait"), "must be at least 1s"));
@@ -1360,6 +1372,25 @@ mod tests {
         assert!(flat.contains(&("rename.user".into(), "customer".into())));
         assert!(flat.contains(&("remove".into(), "a,b".into())));
         assert!(flat.contains(&("n".into(), "3".into())));
+    }
+
+    #[test]
+    fn weight_defaults_to_1_and_is_bounded_with_the_key_named() {
+        let c = Config::parse(GOOD, Path::new("sluice.toml")).unwrap();
+        assert_eq!(c.limits(Some(&c.tenants["acme"])).weight, 1);
+        let weighted = GOOD.replace("max_in_flight = 10", "weight = 3");
+        let c = Config::parse(&weighted, Path::new("sluice.toml")).unwrap();
+        assert_eq!(c.limits(Some(&c.tenants["acme"])).weight, 3);
+        for bad in ["weight = 0", "weight = 1001"] {
+            let text = GOOD.replace("max_in_flight = 10", bad);
+            let e = Config::parse(&text, Path::new("sluice.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("tenants.acme.weight") && e.contains("must be from 1 to 1000"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -417,6 +417,19 @@ impl Collector for HostCollector {
                 t.stats.handler_seconds.encode(family)?;
             }
         }
+        {
+            let mut metric = encoder.encode_descriptor(
+                "sluice_queue_wait_seconds",
+                "Time each job of a tenant's messages waited for a worker (tenants are served in weighted fair order).",
+                None,
+                MetricType::Histogram,
+            )?;
+            for t in &s.tenants {
+                let labels = vec![("tenant", t.id.to_string())];
+                let family = metric.encode_family(&labels)?;
+                t.stats.queue_wait_seconds.encode(family)?;
+            }
+        }
         let gauge = |f: &dyn Fn(&Tenant) -> i64| -> Vec<(Vec<(&str, String)>, i64)> {
             s.tenants
                 .iter()
@@ -432,7 +445,7 @@ impl Collector for HostCollector {
         gauge_family(
             &mut encoder,
             "sluice_consumer_lag",
-            "Messages pending in the tenant's consumer (num_pending, sampled every few seconds).",
+            "Messages pending in the tenant's consumer (num_pending, as each delivery reports it, and from consumer info every 30 s).",
             gauge(&|t| i64::try_from(load(&t.stats.lag)).unwrap_or(i64::MAX)),
         )?;
         gauge_family(

@@ -148,10 +148,8 @@ impl Service {
     pub async fn start(config: Config) -> anyhow::Result<Service> {
         let runtime = Arc::new(Runtime::new(crate::config::cache_dir(Some(&config)))?);
         let registry = Registry::load(runtime, &config)?;
-        let pool = Arc::new(
-            WorkerPool::new(config.wasm.workers, config.wasm.queue)
-                .context("starting the worker threads")?,
-        );
+        let pool =
+            Arc::new(WorkerPool::new(config.wasm.workers).context("starting the worker threads")?);
         let inner = Arc::new(Inner {
             config: Arc::new(config),
             registry,

@@ -394,6 +394,17 @@ pub fn consumer_config(config: &Config, tenant: &TenantConfig) -> consumer::pull
     }
 }
 
+/// Add `subject` to a new stream's subjects unless one there covers it,
+/// dropping those it covers: JetStream refuses overlapping subjects.
+fn add_subject(subjects: &mut Vec<String>, subject: &str) {
+    let covers = |pattern: &str, s: &str| pattern == s || crate::subject::matches(pattern, s);
+    if subjects.iter().any(|have| covers(have, subject)) {
+        return;
+    }
+    subjects.retain(|have| !covers(subject, have));
+    subjects.push(subject.to_owned());
+}
+
 /// Verify (or, with `create`, provision) tenant `id`'s input stream and
 /// consumer, and its output and dead-letter streams when named. Returns the
 /// bound consumer.
@@ -406,18 +417,20 @@ pub async fn ensure_tenant(
     report: &mut Report,
 ) -> Result<consumer::PullConsumer, TopologyError> {
     let file = config.file.display().to_string();
-    // Every tenant of this config reading the same stream in the same
-    // account contributes its filter, so a shared input stream is created
-    // whole.
+    // Every tenant of this config using the same stream in the same account
+    // contributes its subjects, so a shared stream (input, output or dead
+    // letters) is created whole, whichever tenant binds first.
     let nats = tenant_nats(config, tenant);
+    let sharing = |stream: &str, of: fn(&TenantConfig) -> Option<&String>| {
+        config
+            .tenants
+            .iter()
+            .filter(|(_, t)| of(t).is_some_and(|s| s == stream) && tenant_nats(config, t) == nats)
+            .collect::<Vec<_>>()
+    };
     let mut subjects: Vec<String> = vec![tenant.filter.clone()];
-    for t in config.tenants.values() {
-        if t.stream == tenant.stream
-            && tenant_nats(config, t) == nats
-            && !subjects.contains(&t.filter)
-        {
-            subjects.push(t.filter.clone());
-        }
+    for (_, t) in sharing(&tenant.stream, |t| Some(&t.stream)) {
+        add_subject(&mut subjects, &t.filter);
     }
     // Missing streams are created (with the configured replicas) only
     // when provisioning.
@@ -428,25 +441,31 @@ pub async fn ensure_tenant(
         report.warnings.push(e.to_string());
     }
     if let Some(out) = &tenant.output_stream {
-        let permits = config
-            .permits_of(id, tenant)
-            .map_err(|e| TopologyError::Api {
+        let permits_of = |id: &str, t: &TenantConfig| {
+            config.permits_of(id, t).map_err(|e| TopologyError::Api {
                 action: format!("derive tenant {id}'s permitted subjects"),
                 reason: e.to_string(),
-            })?;
+            })
+        };
+        // Its own first: a tenant from the tenants folder is not among
+        // the config's.
+        let mut permits = Vec::new();
+        for p in permits_of(id, tenant)? {
+            add_subject(&mut permits, &p);
+        }
+        for (other, t) in sharing(out, |t| t.output_stream.as_ref()) {
+            for p in permits_of(other, t)? {
+                add_subject(&mut permits, &p);
+            }
+        }
         ensure_stream(js, out, &permits, window, make, &file, report).await?;
     }
     if let Some(dlq) = &tenant.dead_letter_stream {
-        ensure_stream(
-            js,
-            dlq,
-            std::slice::from_ref(&tenant.dead_letter),
-            window,
-            make,
-            &file,
-            report,
-        )
-        .await?;
+        let mut dead = vec![tenant.dead_letter.clone()];
+        for (_, t) in sharing(dlq, |t| t.dead_letter_stream.as_ref()) {
+            add_subject(&mut dead, &t.dead_letter);
+        }
+        ensure_stream(js, dlq, &dead, window, make, &file, report).await?;
     }
     let wanted = consumer_config(config, tenant);
     let stream = js
@@ -617,6 +636,21 @@ pub fn redacted_servers(servers: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_streams_subjects_never_overlap() {
+        let mut subjects = vec!["a.t1.>".to_owned()];
+        for s in ["a.t10.>", "a.t1.>", "a.t1.x", "b.>"] {
+            add_subject(&mut subjects, s);
+        }
+        assert_eq!(subjects, ["a.t1.>", "a.t10.>", "b.>"]);
+        add_subject(&mut subjects, "a.>");
+        assert_eq!(
+            subjects,
+            ["b.>", "a.>"],
+            "a wider one replaces those it covers"
+        );
+    }
 
     #[test]
     fn credentials_in_server_urls_are_never_shown() {

@@ -77,6 +77,9 @@ pub struct TenantStats {
     pub batch_reruns: AtomicU64,
     /// Time each message's pipeline ran on a worker (queueing not included).
     pub handler_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Time each job waited in the worker pool's queue for a worker: what
+    /// other tenants' work (fairly shared) and its own backlog cost it.
+    pub queue_wait_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Messages pending in the consumer, sampled from consumer info.
     pub lag: AtomicU64,
     /// Messages between pull and settle right now.
@@ -159,6 +162,9 @@ impl Default for TenantStats {
             // 50 µs to ~3.3 s: a Rust pipeline lands in the first buckets,
             // an interpreted one or a queue under load further up.
             handler_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 17),
+            ),
+            queue_wait_seconds: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 17),
             ),
             lag: AtomicU64::new(0),

@@ -3,10 +3,11 @@
 //!
 //! The pull loop never asks JetStream for more messages than the tenant has
 //! free permits, so no message waits in a client buffer burning its
-//! ack_wait, and one noisy tenant cannot take the worker pool from the
-//! others. A failing message never ends the loop; transient errors (server
-//! restarting, missed heartbeats) are logged and the loop carries on with a
-//! growing pause; only a deleted consumer stops the tenant.
+//! ack_wait; the worker pool serves tenants in weighted fair order, so one
+//! noisy tenant cannot take it from the others. A failing message never
+//! ends the loop; transient errors (server restarting) are logged and the
+//! loop carries on with a growing pause; only a deleted consumer stops the
+//! tenant.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +26,7 @@ use crate::message::{Message, Origin};
 use crate::pipeline::Pipeline;
 use crate::sink::{self, Sink};
 use crate::telemetry::TenantStats;
+use crate::wasm::fair::Share;
 use crate::wasm::pool::{Ran, WorkerPool};
 
 /// How long one pull request waits server-side for messages while the
@@ -91,6 +93,8 @@ pub struct Tenant {
     pub stats: Arc<TenantStats>,
     permits: Arc<Semaphore>,
     pool: Arc<WorkerPool>,
+    /// Its lane and weight in the pool's queue.
+    share: Share,
     sink: Sink,
     /// The bound consumer's `ack_wait` in ms (the config's until bound): an
     /// existing consumer may differ from the config, and in-progress acks
@@ -124,6 +128,10 @@ impl Tenant {
             permits: Arc::new(Semaphore::new(limits.max_in_flight)),
             ack_wait_ms: std::sync::atomic::AtomicU64::new(millis(limits.ack_wait)),
             pipeline: ArcSwap::from_pointee(pipeline),
+            share: Share {
+                tenant: id.clone(),
+                weight: limits.weight,
+            },
             id,
             limits,
             stats,
@@ -457,7 +465,7 @@ impl Tenant {
             return;
         }
         let items: Arc<[(Origin, Arc<Message>)]> = Arc::from(items);
-        let work = self.pool.run_batch(pipeline, items.clone());
+        let work = self.pool.run_batch(&self.share, pipeline, items.clone());
         tokio::pin!(work);
         let started = Instant::now();
         let half = self.ack_wait() / 2;
@@ -484,6 +492,12 @@ impl Tenant {
             }
             return;
         };
+        if let Some(first) = ran.first() {
+            // One wait per job: its messages waited together.
+            self.stats
+                .queue_wait_seconds
+                .observe(first.waited.as_secs_f64());
+        }
         let settles =
             held.into_iter()
                 .zip(items.iter())

@@ -7,6 +7,7 @@
 
 mod bindings;
 mod cache;
+pub mod fair;
 pub mod pool;
 mod sandbox;
 /// The packed batch format; public for the property tests and fuzz targets.

@@ -1,8 +1,9 @@
-//! Guest calls are CPU work: they run on a fixed set of worker threads fed by
-//! a bounded crossbeam channel, never on the tokio reactor. Async callers
-//! take a permit from a semaphore sized like the channel before sending, so
-//! a full pool makes them wait (backpressure) without blocking a reactor
-//! thread, and the `try_send` that follows always finds room.
+//! Guest calls are CPU work: they run on a fixed set of worker threads, never
+//! on the tokio reactor, fed by a weighted fair queue with one lane per
+//! tenant ([`super::fair`]), so one tenant's backlog cannot delay another's
+//! messages. Backpressure is each tenant's own: it queues no more than its
+//! `max_in_flight` admits, and waits for the reply without blocking a
+//! reactor thread.
 //!
 //! Each worker keeps its own live instances, keyed by stage (one tenant, one
 //! plugin version, one config), so an instance is never shared between
@@ -15,9 +16,9 @@ use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::oneshot;
 
+use super::fair::{FairQueue, Share};
 use super::{FailureKind, GuestFailure, GuestInstance, GuestOrigin, WasmError};
 use crate::message::{Message, Origin, Verdict};
 use crate::pipeline::{Outcome, Pipeline, Stage};
@@ -346,14 +347,13 @@ impl StageRunner {
 
 /// One unit of work for a worker: messages admitted together, run one after
 /// another on the same thread. Batching is what keeps the hand-off cheap:
-/// one channel send, one worker wake-up and one reply per batch instead of
+/// one queue push, one worker wake-up and one reply per batch instead of
 /// per message.
 struct Job {
     pipeline: Arc<Pipeline>,
     items: Arc<[(Origin, Arc<Message>)]>,
     reply: oneshot::Sender<Vec<Ran>>,
-    /// A queue slot, held while the job is queued or running.
-    _permit: OwnedSemaphorePermit,
+    queued: Instant,
 }
 
 /// One message's outcome and how long its pipeline ran on the worker (not
@@ -366,6 +366,8 @@ pub struct Ran {
     pub took: Duration,
     /// Whether it ran again alone because its batch call failed.
     pub rerun: bool,
+    /// How long its job waited in the queue for a worker.
+    pub waited: Duration,
 }
 
 /// The pool stopped before the job ran.
@@ -375,112 +377,102 @@ pub struct PoolClosed;
 
 /// A fixed set of worker threads running pipelines.
 pub struct WorkerPool {
-    tx: Option<Sender<Job>>,
-    permits: Arc<Semaphore>,
+    queue: Arc<FairQueue<Job>>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl WorkerPool {
-    /// Start `workers` threads behind a queue of `queue` jobs.
-    pub fn new(workers: usize, queue: usize) -> std::io::Result<Self> {
-        let (tx, rx) = crossbeam_channel::bounded::<Job>(queue);
+    /// Start `workers` threads.
+    pub fn new(workers: usize) -> std::io::Result<Self> {
+        let queue: Arc<FairQueue<Job>> = Arc::default();
         let threads = (0..workers.max(1))
             .map(|i| {
-                let rx: Receiver<Job> = rx.clone();
+                let queue = queue.clone();
                 std::thread::Builder::new()
                     .name(format!("sluice-worker-{i}"))
                     .spawn(move || {
                         let mut runner = StageRunner::default();
-                        for job in rx {
+                        while let Some(taken) = queue.pop() {
+                            let job = &taken.job;
                             let started = Instant::now();
+                            let waited = started.saturating_duration_since(job.queued);
                             let outcomes =
                                 runner.run_batch_noting_reruns(&job.pipeline, &job.items);
+                            let elapsed = started.elapsed();
+                            queue.done(&taken, elapsed);
                             // Stages run the batch together, so each message
                             // is charged its share of the whole.
-                            let took = started.elapsed()
-                                / u32::try_from(outcomes.len().max(1)).unwrap_or(u32::MAX);
+                            let took =
+                                elapsed / u32::try_from(outcomes.len().max(1)).unwrap_or(u32::MAX);
                             let ran = outcomes
                                 .into_iter()
                                 .map(|(outcome, rerun)| Ran {
                                     outcome,
                                     took,
                                     rerun,
+                                    waited,
                                 })
                                 .collect();
                             // The caller may have given up (shutdown); its
                             // messages will be redelivered.
-                            let _ = job.reply.send(ran);
+                            let _ = taken.job.reply.send(ran);
                         }
                     })
             })
             .collect::<std::io::Result<_>>()?;
-        Ok(WorkerPool {
-            tx: Some(tx),
-            permits: Arc::new(Semaphore::new(queue)),
-            threads,
-        })
+        Ok(WorkerPool { queue, threads })
     }
 
-    /// Run `pipeline` on one message; waits (asynchronously) for room in
-    /// the queue.
+    /// Run `pipeline` on one message, in the lane of the pipeline's tenant
+    /// at weight 1.
     pub async fn run(
         &self,
         pipeline: Arc<Pipeline>,
         origin: Origin,
         message: Arc<Message>,
     ) -> Result<Outcome, PoolClosed> {
+        let share = Share {
+            tenant: pipeline.chain.tenant.as_str().into(),
+            weight: 1,
+        };
         let mut ran = self
-            .run_batch(pipeline, Arc::from([(origin, message)]))
+            .run_batch(&share, pipeline, Arc::from([(origin, message)]))
             .await?;
         ran.pop().map(|r| r.outcome).ok_or(PoolClosed)
     }
 
-    /// Run `pipeline` on each message, in order, on one worker; the results
-    /// come back in the same order. Waits (asynchronously) for room in the
-    /// queue.
+    /// Run `pipeline` on each message, in order, on one worker, when
+    /// `share`'s lane is next; the results come back in the same order.
     pub async fn run_batch(
         &self,
+        share: &Share,
         pipeline: Arc<Pipeline>,
         items: Arc<[(Origin, Arc<Message>)]>,
     ) -> Result<Vec<Ran>, PoolClosed> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| PoolClosed)?;
         let (reply, rx) = oneshot::channel();
-        let tx = self.tx.as_ref().ok_or(PoolClosed)?;
+        let messages = items.len();
         let job = Job {
             pipeline,
             items,
             reply,
-            _permit: permit,
+            queued: Instant::now(),
         };
-        match tx.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Disconnected(_)) => return Err(PoolClosed),
-            // Holding a permit guarantees room; should the two ever
-            // disagree, hand the blocking send to a blocking thread rather
-            // than stall the reactor.
-            Err(TrySendError::Full(job)) => {
-                let tx = tx.clone();
-                tokio::task::spawn_blocking(move || tx.send(job).is_ok())
-                    .await
-                    .map_err(|_| PoolClosed)?
-                    .then_some(())
-                    .ok_or(PoolClosed)?;
-            }
-        }
+        self.queue
+            .push(share, messages, job)
+            .map_err(|_| PoolClosed)?;
         rx.await.map_err(|_| PoolClosed)
+    }
+
+    /// Jobs waiting for a worker, per tenant with any.
+    pub fn queued(&self) -> Vec<(Arc<str>, usize)> {
+        self.queue.queued()
     }
 }
 
 impl Drop for WorkerPool {
     fn drop(&mut self) {
-        // Closing the channel ends each worker's loop once the queue drains.
-        self.tx.take();
-        self.permits.close();
+        // Closing the queue ends each worker's loop once it drains.
+        self.queue.close();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
