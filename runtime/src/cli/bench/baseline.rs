@@ -119,7 +119,7 @@ pub(super) async fn run_baseline(
     reset_latency(&shared.stats);
     let rate = (result.msgs_per_sec * args.latency_load).max(1.0);
     let before = done(&shared);
-    let sent = publish_apart(js, url, &setup.inputs, rate, args.latency_phase, payload).await?;
+    let sent = publish_apart(js, url, &setup.inputs, rate, args.latency_phase(), payload).await?;
     wait_done(before + sent, "", || done(&shared)).await?;
     fill_latency(&mut result, &shared.stats, rate, sent, args.trace.is_some());
     stop.cancel();

@@ -3,16 +3,19 @@
 //! and last timestamps, and latency figures from their histograms.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use sluice::telemetry::TenantStats;
+use sluice::telemetry::{StatsSnapshot, TenantStats};
 
 use super::report::SystemResult;
 
+/// Readiness is polled this often: fine enough for a figure in seconds.
+const READY_POLL: Duration = Duration::from_millis(10);
 /// Sampling period of the throughput timeline and of completion checks.
 const SAMPLE: Duration = Duration::from_millis(100);
 /// A phase that makes no progress for this long has failed.
@@ -23,6 +26,18 @@ const STALL: Duration = Duration::from_secs(30);
 pub(super) async fn wait_done(
     target: u64,
     label: &str,
+    done: impl Fn() -> u64,
+) -> anyhow::Result<Vec<(f64, f64)>> {
+    wait_done_within(target, label, STALL, done).await
+}
+
+/// [`wait_done`], failing when nothing moves for `stall`: longer than a
+/// consumer's `ack_wait` where a message may legitimately wait for its
+/// redelivery.
+pub(super) async fn wait_done_within(
+    target: u64,
+    label: &str,
+    stall: Duration,
     done: impl Fn() -> u64,
 ) -> anyhow::Result<Vec<(f64, f64)>> {
     let bar = if label.is_empty() {
@@ -46,7 +61,7 @@ pub(super) async fn wait_done(
         if now != last {
             last = now;
             last_change = Instant::now();
-        } else if last_change.elapsed() > STALL {
+        } else if last_change.elapsed() > stall {
             bar.abandon();
             bail!("stalled at {now} of {target} messages");
         }
@@ -154,4 +169,86 @@ pub(super) fn fill_latency(
             result.trace = trace;
         }
     }
+}
+
+/// Messages a tenant has settled for good: acked (published or with
+/// nothing to publish) or dead-lettered.
+pub(super) fn settled(s: &StatsSnapshot) -> u64 {
+    s.acked + s.dead_lettered
+}
+
+/// The latencies (histogram and trace) of several tenants as one.
+pub(super) fn merge_latency<'a>(stats: impl Iterator<Item = &'a TenantStats>) -> TenantStats {
+    let merged = TenantStats::default();
+    if let Ok(mut into) = merged.latency.lock() {
+        let mut trace = Vec::new();
+        for s in stats {
+            if let Ok(mut l) = s.latency.lock() {
+                let _ = into.histogram.add(&l.histogram);
+                trace.extend(l.trace.take().unwrap_or_default());
+            }
+        }
+        trace.sort_unstable();
+        into.trace = Some(trace);
+    }
+    merged
+}
+
+/// Wait until every tenant's consumer is bound; fails, naming the tenants
+/// still unbound, when the count stops moving for `STALL`.
+pub(super) async fn wait_bound(
+    tenants: &[(String, Arc<TenantStats>)],
+    n: usize,
+) -> anyhow::Result<()> {
+    let bar = progress(n as u64, "binding");
+    let bound = || {
+        tenants
+            .iter()
+            .filter(|(_, s)| s.bound.load(Ordering::Relaxed))
+            .count()
+    };
+    let (mut last, mut last_change) = (bound(), Instant::now());
+    while last < n {
+        tokio::time::sleep(READY_POLL).await;
+        let now = bound();
+        bar.set_position(now as u64);
+        if now != last {
+            (last, last_change) = (now, Instant::now());
+        } else if last_change.elapsed() > STALL {
+            bar.abandon();
+            let unbound: Vec<&str> = tenants
+                .iter()
+                .filter(|(_, s)| !s.bound.load(Ordering::Relaxed))
+                .map(|(id, _)| id.as_str())
+                .take(20)
+                .collect();
+            bail!(
+                "only {now} of {n} tenants bound their consumer, none more for {STALL:?}; unbound: {}{}",
+                unbound.join(", "),
+                if n - now > unbound.len() { ", …" } else { "" }
+            );
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Take the trace of `stats` (every sample since [`reset_latency`]): (µs
+/// since the Unix epoch when recorded, latency µs), in recording order.
+pub(super) fn take_trace(stats: &TenantStats) -> Vec<(u64, u64)> {
+    stats
+        .latency
+        .lock()
+        .ok()
+        .and_then(|mut l| l.trace.take())
+        .unwrap_or_default()
+}
+
+/// The `q` quantile (0 to 1) of sorted latencies, ms; 0 when empty.
+pub(super) fn quantile_ms(sorted: &[u64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * q) as usize).min(sorted.len() - 1);
+    sorted[i] as f64 / 1000.0
 }

@@ -12,43 +12,87 @@
 //! system goes first. The machine is shared and noisy, so the figure that
 //! matters is the ratio measured in the same run.
 //!
-//! This module holds the arguments. `throughput` runs the rounds; the
-//! others each own one part of them: the baseline system, the host under
-//! test, the load (inputs, preloading, the load generator), the
-//! measurements taken while a phase runs, /proc, the report and the plot.
+//! That is `--mode throughput`, the default. The other modes each measure
+//! one more property of the host on the same pipeline: `scale` (many
+//! tenants on one host: time to ready, idle cost, memory per tenant),
+//! `fairness` (a quiet tenant's latency beside a noisy one) and `hosts`
+//! (throughput of several `sluice run` processes sharing the durables).
+//!
+//! This module holds the arguments and picks the mode; each mode has its
+//! own file. `throughput` runs the rounds; the other modules each own one
+//! part of them: the baseline system, the host under test, the load
+//! (inputs, preloading, the load generator), the measurements taken while a
+//! phase runs, /proc, the report and the plot.
 
 mod baseline;
+mod child;
+mod fairness;
+mod hosts;
 mod load;
 mod measure;
 mod plot;
 mod procfs;
 mod report;
+mod scale;
 mod sluice;
 mod throughput;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use throughput::run;
+use anyhow::Context as _;
+
+use ::sluice::nats_server::NatsServer;
+
+/// What `sluice bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Throughput and latency of the host beside a plain async-nats
+    /// baseline.
+    Throughput,
+    /// Many tenants on one host: time until every consumer is bound, idle
+    /// CPU, memory per tenant, and every tenant's messages processed.
+    Scale,
+    /// A quiet tenant's latency alone and beside a noisy tenant.
+    Fairness,
+    /// Throughput of 1, 2, … `sluice run` processes on the same durables.
+    Hosts,
+}
+
+/// Run the chosen mode.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.mode {
+        Mode::Throughput => throughput::run(args).await,
+        Mode::Scale => scale::run(args).await,
+        Mode::Fairness => fairness::run(args).await,
+        Mode::Hosts => hosts::run(args).await,
+    }
+}
 
 /// Arguments of `sluice bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
+    /// What to measure.
+    #[arg(long, value_enum, default_value = "throughput")]
+    mode: Mode,
     /// An existing NATS server to use instead of starting one.
     #[arg(long)]
     url: Option<String>,
     /// The nats-server binary to start (without `--url`).
     #[arg(long, default_value = "nats-server")]
     nats_server: PathBuf,
-    /// Messages per throughput phase, across tenants.
+    /// Messages per throughput phase, across tenants (throughput and hosts
+    /// modes).
     #[arg(long, default_value_t = 200_000)]
     messages: u64,
     /// Size of each input payload (a JSON object).
     #[arg(long, default_value_t = 256)]
     payload_bytes: usize,
-    /// Tenants (each with its own stream, consumer and pipeline).
-    #[arg(long, default_value_t = 2)]
-    tenants: usize,
+    /// Tenants (each with its own consumer and pipeline). Default 2; in
+    /// scale mode 1000, or 50 with `--accounts`. Fairness mode has its own
+    /// (`--quiet`).
+    #[arg(long)]
+    tenants: Option<usize>,
     /// Run the pipeline of this config's first tenant instead of the three
     /// reference plugins.
     #[arg(long)]
@@ -59,9 +103,9 @@ pub struct BenchArgs {
     /// In-flight messages per tenant, for both systems.
     #[arg(long, default_value_t = 512)]
     max_in_flight: usize,
-    /// Length of each latency phase.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    latency_phase: Duration,
+    /// Length of each latency phase. Default 5 s; 10 s in fairness mode.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    latency_phase: Option<Duration>,
     /// The latency phase publishes at this share of each system's measured
     /// peak (0.5: half of peak). Lower shares show the latency of a system
     /// with headroom; the phase's own publishing competes for the same
@@ -90,6 +134,54 @@ pub struct BenchArgs {
     /// happened then, such as the server's garbage collections.
     #[arg(long)]
     trace: Option<PathBuf>,
+    /// Scale mode.
+    #[command(flatten)]
+    scale: scale::ScaleArgs,
+    /// Fairness mode.
+    #[command(flatten)]
+    fairness: fairness::FairnessArgs,
+    /// Hosts mode.
+    #[command(flatten)]
+    hosts: hosts::HostsArgs,
+}
+
+impl BenchArgs {
+    /// `--tenants`, or the mode's default.
+    fn tenants(&self) -> usize {
+        self.tenants.unwrap_or(match self.mode {
+            Mode::Scale if self.scale.accounts => 50,
+            Mode::Scale => 1000,
+            _ => 2,
+        })
+    }
+
+    /// `--latency-phase`, or the mode's default.
+    fn latency_phase(&self) -> Duration {
+        self.latency_phase.unwrap_or(match self.mode {
+            Mode::Fairness => Duration::from_secs(10),
+            _ => Duration::from_secs(5),
+        })
+    }
+
+    /// The server to run against: `--url`'s, or a nats-server started here
+    /// (with `config`'s text, for accounts), whose process id the CPU
+    /// counts then use. Returns it (to keep it alive) and its URL.
+    async fn server(
+        &mut self,
+        config: Option<String>,
+    ) -> anyhow::Result<(Option<NatsServer>, String)> {
+        if let Some(url) = &self.url {
+            return Ok((None, url.clone()));
+        }
+        let binary = self.nats_server.clone();
+        let server =
+            tokio::task::spawn_blocking(move || NatsServer::start_with(&binary, config.as_deref()))
+                .await
+                .context("starting nats-server")??;
+        self.server_pid = server.pid();
+        let url = server.url();
+        Ok((Some(server), url))
+    }
 }
 
 /// A `--latency-load` share: above 0, at most 1.

@@ -1,5 +1,5 @@
-//! CPU time and memory from /proc (Linux): this process's and the
-//! nats-server's the bench started.
+//! CPU time and memory from /proc (Linux): this process's, the
+//! nats-server's the bench started and the hosts' it ran.
 
 use super::report::SystemResult;
 
@@ -37,7 +37,7 @@ impl Cpu {
 
 /// User plus system CPU time of process `pid` ("self" for this one), from
 /// /proc (Linux); 0 where it cannot be read.
-fn cpu_seconds(pid: &str) -> f64 {
+pub(super) fn cpu_seconds(pid: &str) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
@@ -59,12 +59,55 @@ fn cpu_seconds(pid: &str) -> f64 {
 
 /// Peak resident set size of this process, MiB (VmHWM).
 pub(super) fn peak_rss_mib() -> f64 {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+    status_mib("self", "VmHWM:")
+}
+
+/// Resident set size of process `pid` ("self" for this one) now, MiB
+/// (VmRSS); 0 where it cannot be read.
+pub(super) fn rss_mib(pid: &str) -> f64 {
+    status_mib(pid, "VmRSS:")
+}
+
+/// A `kB` field of /proc/PID/status, in MiB.
+fn status_mib(pid: &str, field: &str) -> f64 {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return 0.0;
     };
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// CPU use of one process over a span of wall time, from /proc.
+pub(super) struct Usage {
+    pid: String,
+    cpu: f64,
+    since: std::time::Instant,
+}
+
+impl Usage {
+    /// Start counting for process `pid` ("self" for this one).
+    pub(super) fn start(pid: &str) -> Self {
+        Usage {
+            pid: pid.to_owned(),
+            cpu: cpu_seconds(pid),
+            since: std::time::Instant::now(),
+        }
+    }
+
+    /// CPU time since the start as a share of one core's wall time, %.
+    pub(super) fn percent(&self) -> f64 {
+        let wall = self.since.elapsed().as_secs_f64();
+        if wall <= 0.0 {
+            return 0.0;
+        }
+        (cpu_seconds(&self.pid) - self.cpu) / wall * 100.0
+    }
+
+    /// CPU seconds since the start.
+    pub(super) fn seconds(&self) -> f64 {
+        cpu_seconds(&self.pid) - self.cpu
+    }
 }

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::Path;
 
+use anyhow::Context as _;
 use serde::Serialize;
 
 /// One system's results.
@@ -183,4 +185,13 @@ pub(super) fn trace_csv(r: &Report) -> String {
         }
     }
     out
+}
+
+/// Write `value` as JSON to `path` (`--json`), if given.
+pub(super) fn write_json(path: Option<&Path>, value: &impl Serialize) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        let text = serde_json::to_string_pretty(value)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }

@@ -4,7 +4,6 @@
 use anyhow::{Context as _, bail};
 use async_nats::jetstream;
 
-use sluice::nats_server::NatsServer;
 use sluice::telemetry::now_micros;
 
 use super::BenchArgs;
@@ -12,25 +11,14 @@ use super::baseline::{BaselineSetup, run_baseline};
 use super::load::{delete_streams, sample_payload};
 use super::plot::plot;
 use super::procfs::peak_rss_mib;
-use super::report::{Report, RoundSummary, SystemResult, print_table, trace_csv};
+use super::report::{Report, RoundSummary, SystemResult, print_table, trace_csv, write_json};
 use super::sluice::{run_sluice, sluice_config};
 
 pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
-    if args.tenants == 0 || args.messages == 0 {
+    if args.tenants() == 0 || args.messages == 0 {
         bail!("--tenants and --messages must be at least 1");
     }
-    let (server, url) = match &args.url {
-        Some(url) => (None, url.clone()),
-        None => {
-            let binary = args.nats_server.clone();
-            let server = tokio::task::spawn_blocking(move || NatsServer::start_with(&binary, None))
-                .await
-                .context("starting nats-server")??;
-            let url = server.url();
-            (Some(server), url)
-        }
-    };
-    args.server_pid = server.as_ref().and_then(NatsServer::pid);
+    let (server, url) = args.server(None).await?;
     let client = async_nats::connect(&url)
         .await
         .with_context(|| format!("connecting to {url}"))?;
@@ -63,7 +51,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     let report = Report {
         messages: args.messages,
         payload_bytes: payload.len(),
-        tenants: args.tenants,
+        tenants: args.tenants(),
         stages,
         max_in_flight: args.max_in_flight,
         latency_load: args.latency_load,
@@ -81,10 +69,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         baseline,
     };
     print_table(&report);
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-    }
+    write_json(args.json.as_deref(), &report)?;
     if let Some(path) = &args.trace {
         std::fs::write(path, trace_csv(&report))
             .with_context(|| format!("writing {}", path.display()))?;
@@ -171,10 +156,10 @@ async fn baseline_system(
     run_id: &str,
     payload: &[u8],
 ) -> anyhow::Result<SystemResult> {
-    let base = BaselineSetup::new(js, run_id, args.tenants).await?;
+    let base = BaselineSetup::new(js, run_id, args.tenants()).await?;
     eprintln!(
         "baseline: plain async-nats consume → publish → ack, {} tenants",
-        args.tenants
+        args.tenants()
     );
     let result = run_baseline(js, url, &base, args, payload).await;
     delete_streams(js, base.streams()).await;
