@@ -52,7 +52,7 @@ const SYNC_ALWAYS: &str = "jetstream { sync_interval: always }";
 
 /// Create the tenant's streams and consumer without starting a host, so
 /// inputs can queue up before one runs.
-async fn provision(path: &Path, url: &str) {
+pub(crate) async fn provision(path: &Path, url: &str) {
     let config = Config::load(path).unwrap();
     let js = sluice::source::jetstream(async_nats::connect(url).await.unwrap());
     let mut report = sluice::source::Report::default();
@@ -126,14 +126,14 @@ fn acme() -> crate::checker::Flow {
 
 /// A `sluice` child process. Dropped while running (a failed test), it gets
 /// SIGINT so it can stop its own children, then SIGKILL.
-struct Proc {
-    child: Child,
+pub(crate) struct Proc {
+    pub(crate) child: Child,
     log: PathBuf,
 }
 
 impl Proc {
     /// `sluice run --config CONFIG`, stderr (its log) to `log`.
-    fn run(config: &Path, log: PathBuf) -> Proc {
+    pub(crate) fn run(config: &Path, log: PathBuf) -> Proc {
         let child = sluice()
             .args(["run", "--config", config.to_str().unwrap()])
             .stdin(Stdio::null())
@@ -144,7 +144,7 @@ impl Proc {
         Proc { child, log }
     }
 
-    fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")
             .args([format!("-{name}"), self.child.id().to_string()])
             .status()
@@ -153,7 +153,7 @@ impl Proc {
     }
 
     /// The exit status, or `None` if it is still running after `limit`.
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -167,7 +167,7 @@ impl Proc {
     }
 
     /// Its log so far, for failure messages.
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }

@@ -17,6 +17,7 @@ mod hotswap;
 mod jetstream;
 mod lost;
 mod ops;
+mod ordering;
 mod plugins;
 mod poison;
 mod properties;

@@ -286,6 +286,12 @@ pub struct TenantConfig {
     /// Overrides `defaults.weight`.
     #[serde(default)]
     pub weight: Option<u32>,
+    /// Per-key ordering: `"subject"`, `"header:NAME"` or `"field:NAME"`
+    /// (a JSON pointer, `field:/a/b`, reaches nested fields). Messages
+    /// with the same key are processed and settled in stream order.
+    /// Default: none (messages run concurrently, up to `max_in_flight`).
+    #[serde(default)]
+    pub ordering: Option<String>,
     /// Overrides `defaults.ack_wait`.
     #[serde(default, with = "opt_duration")]
     pub ack_wait: Option<Duration>,
@@ -492,6 +498,8 @@ pub struct Limits {
     pub max_in_flight: usize,
     /// See [`TenantDefaults::weight`].
     pub weight: u32,
+    /// See [`TenantConfig::ordering`] (validated before use).
+    pub ordering: Option<crate::ordering::OrderingKey>,
     /// See [`TenantDefaults::ack_wait`].
     pub ack_wait: Duration,
     /// See [`TenantDefaults::max_deliver`].
@@ -732,6 +740,10 @@ impl Config {
     }
 
     fn check_tenant(&self, at: &str, id: &str, tenant: &TenantConfig) -> Result<(), ConfigError> {
+        if let Some(ordering) = &tenant.ordering {
+            crate::ordering::OrderingKey::parse(ordering)
+                .map_err(|e| self.error(format!("{at}.ordering"), e))?;
+        }
         check_name(self, &format!("{at}.stream"), &tenant.stream, "stream name")?;
         check_name(
             self,
@@ -841,6 +853,9 @@ impl Config {
                 .and_then(|t| t.max_in_flight)
                 .unwrap_or(d.max_in_flight),
             weight: tenant.and_then(|t| t.weight).unwrap_or(d.weight),
+            ordering: tenant
+                .and_then(|t| t.ordering.as_deref())
+                .and_then(|o| crate::ordering::OrderingKey::parse(o).ok()),
             ack_wait: tenant.and_then(|t| t.ack_wait).unwrap_or(d.ack_wait),
             max_deliver: tenant.and_then(|t| t.max_deliver).unwrap_or(d.max_deliver),
             backoff: tenant
@@ -1391,6 +1406,24 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn a_bad_ordering_names_the_key_and_what_is_accepted() {
+        let text = GOOD.replace("max_in_flight = 10", "ordering = \"field\"");
+        let e = Config::parse(&text, Path::new("sluice.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tenants.acme.ordering") && e.contains("\"header:NAME\""),
+            "{e}"
+        );
+        let text = GOOD.replace("max_in_flight = 10", "ordering = \"header:Order-Id\"");
+        let c = Config::parse(&text, Path::new("sluice.toml")).unwrap();
+        assert_eq!(
+            c.limits(Some(&c.tenants["acme"])).ordering,
+            Some(crate::ordering::OrderingKey::Header("Order-Id".into()))
+        );
     }
 
     #[test]

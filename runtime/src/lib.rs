@@ -24,6 +24,7 @@ pub mod config;
 pub mod message;
 pub mod nats_server;
 pub mod ops;
+pub mod ordering;
 pub mod pipeline;
 pub mod plugin;
 pub mod service;

@@ -105,6 +105,8 @@ pub struct Sink {
     /// No nak asks for a longer delay than this.
     max_retry_delay: Duration,
     stats: Arc<TenantStats>,
+    /// Retries are held in place, not nak'ed (see [`Sink::holding_retries`]).
+    hold_retries: bool,
 }
 
 impl Sink {
@@ -139,7 +141,17 @@ impl Sink {
             max_deliver,
             max_retry_delay,
             stats,
+            hold_retries: false,
         }
+    }
+
+    /// A sink that holds a message to be retried instead of a nak: it
+    /// waits out the delay and returns [`Settled::Naked`] without telling
+    /// the server, for the caller to run the message again in place (an
+    /// ordered tenant's, so a later message of its key cannot overtake it).
+    pub fn holding_retries(mut self) -> Self {
+        self.hold_retries = true;
+        self
     }
 
     /// Carry out `outcome` for `msg`, whose origin and content are `origin`
@@ -396,6 +408,12 @@ impl Sink {
     }
 
     async fn nak(&self, msg: &jetstream::Message, delay: Duration) -> Settled {
+        if self.hold_retries {
+            // The caller sends in-progress acks meanwhile.
+            tokio::time::sleep(delay).await;
+            TenantStats::bump(&self.stats.retried, 1);
+            return Settled::Naked(delay);
+        }
         if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
             tracing::debug!(tenant = &*self.tenant, error = %e, "nak not sent; the message will be redelivered after ack_wait");
         }

@@ -374,6 +374,18 @@ async fn ensure_stream(
     }
 }
 
+/// Room for several hosts on the same durable consumer, each holding up to
+/// max_in_flight; for an ordered tenant no more than one host's
+/// max_in_flight, so that after a restart the messages the previous holder
+/// left pending can always be delivered (see [`crate::ordering`]).
+fn max_ack_pending(tenant: &TenantConfig, max_in_flight: usize) -> usize {
+    if tenant.ordering.is_some() {
+        max_in_flight
+    } else {
+        max_in_flight.saturating_mul(4)
+    }
+}
+
 /// The consumer settings the host needs, from the tenant's config.
 pub fn consumer_config(config: &Config, tenant: &TenantConfig) -> consumer::pull::Config {
     let limits = config.limits(Some(tenant));
@@ -387,9 +399,8 @@ pub fn consumer_config(config: &Config, tenant: &TenantConfig) -> consumer::pull
         // that last delivery still gets to dead-letter the message instead
         // of the server silently giving up on it.
         max_deliver: i64::from(limits.max_deliver) + 1,
-        // Room for several hosts on the same durable consumer, each holding
-        // up to max_in_flight.
-        max_ack_pending: i64::try_from(limits.max_in_flight.saturating_mul(4)).unwrap_or(i64::MAX),
+        max_ack_pending: i64::try_from(max_ack_pending(tenant, limits.max_in_flight))
+            .unwrap_or(i64::MAX),
         ..Default::default()
     }
 }
@@ -482,7 +493,7 @@ pub async fn ensure_tenant(
                     have.ack_wait, wanted.ack_wait
                 ));
             }
-            let drift = drift(have, &wanted);
+            let drift = drift(have, &wanted, tenant.ordering.is_some());
             let Some(&(setting, ref have_value, ref want_value)) = drift.first() else {
                 return stream
                     .get_consumer(&tenant.consumer)
@@ -513,6 +524,9 @@ pub async fn ensure_tenant(
             fixed.filter_subjects = Vec::new();
             fixed.max_deliver = wanted.max_deliver;
             fixed.headers_only = false;
+            if tenant.ordering.is_some() {
+                fixed.max_ack_pending = wanted.max_ack_pending;
+            }
             stream
                 .update_consumer(fixed)
                 .await
@@ -559,6 +573,7 @@ pub async fn ensure_tenant(
 fn drift(
     have: &consumer::Config,
     wanted: &consumer::pull::Config,
+    ordered: bool,
 ) -> Vec<(&'static str, String, String)> {
     let mut drift = Vec::new();
     if have.ack_policy != consumer::AckPolicy::Explicit {
@@ -595,6 +610,18 @@ fn drift(
             "filter",
             format!("`{have_filter}`"),
             format!("`{}`", wanted.filter_subject),
+        ));
+    }
+    // An ordered tenant needs its cap (see `max_ack_pending`); another
+    // host's larger one is fine for the rest.
+    if ordered && (have.max_ack_pending <= 0 || have.max_ack_pending > wanted.max_ack_pending) {
+        drift.push((
+            "max_ack_pending",
+            have.max_ack_pending.to_string(),
+            format!(
+                "at most {} (an ordered tenant's max_in_flight)",
+                wanted.max_ack_pending
+            ),
         ));
     }
     drift

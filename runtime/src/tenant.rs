@@ -27,7 +27,10 @@ use crate::pipeline::Pipeline;
 use crate::sink::{self, Sink};
 use crate::telemetry::TenantStats;
 use crate::wasm::fair::Share;
+
+mod ordered;
 use crate::wasm::pool::{Ran, WorkerPool};
+use ordered::{Admitted, Lane, Ordered};
 
 /// How long one pull request waits server-side for messages while the
 /// tenant is busy. A shutdown, a reconnect or a deleted consumer ends a
@@ -53,6 +56,21 @@ struct PullEnds<'a> {
 async fn reconnected(connects: &mut tokio::sync::watch::Receiver<u64>) {
     if connects.changed().await.is_err() {
         std::future::pending::<()>().await;
+    }
+}
+
+/// How often an ordered tenant that is recovering asks for the consumer's
+/// ack floor (what the previous holder had acked is learnt only so).
+const FLOOR_POLL: Duration = Duration::from_millis(250);
+
+/// Aborts a task when dropped: the pull loop's helpers end with it.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -95,6 +113,8 @@ pub struct Tenant {
     pool: Arc<WorkerPool>,
     /// Its lane and weight in the pool's queue.
     share: Share,
+    /// Per-key ordering, when the tenant asks for it.
+    ordered: Option<Ordered>,
     sink: Sink,
     /// The bound consumer's `ack_wait` in ms (the config's until bound): an
     /// existing consumer may differ from the config, and in-progress acks
@@ -114,17 +134,24 @@ impl Tenant {
     ) -> Arc<Self> {
         let id: Arc<str> = Arc::from(id);
         let stats = Arc::new(TenantStats::default());
+        let ordered = limits.ordering.clone().map(Ordered::new);
+        let sink = Sink::new(
+            &js,
+            id.clone(),
+            dead_letter,
+            limits.backoff.clone(),
+            limits.max_deliver,
+            limits.max_retry_delay,
+            limits.max_in_flight,
+            stats.clone(),
+        );
         Arc::new(Tenant {
-            sink: Sink::new(
-                &js,
-                id.clone(),
-                dead_letter,
-                limits.backoff.clone(),
-                limits.max_deliver,
-                limits.max_retry_delay,
-                limits.max_in_flight,
-                stats.clone(),
-            ),
+            sink: if ordered.is_some() {
+                sink.holding_retries()
+            } else {
+                sink
+            },
+            ordered,
             permits: Arc::new(Semaphore::new(limits.max_in_flight)),
             ack_wait_ms: std::sync::atomic::AtomicU64::new(millis(limits.ack_wait)),
             pipeline: ArcSwap::from_pointee(pipeline),
@@ -173,6 +200,16 @@ impl Tenant {
                 std::sync::atomic::Ordering::Relaxed,
             );
         }
+        let upkeep = self.ordered.as_ref().map(|o| {
+            if o.bind(consumer.cached_info()) {
+                tracing::info!(
+                    tenant,
+                    "ordered: messages delivered before this bind are pending; they run first, in stream order"
+                );
+            }
+            tokio::spawn(self.clone().ordered_upkeep(consumer.clone(), tasks.clone()))
+        });
+        let _upkeep = AbortOnDrop(upkeep);
         let mut pause = ERROR_PAUSE.0;
         let mut expires = PULL_EXPIRES;
         // Reconnects before this pull started are not news to it.
@@ -382,9 +419,52 @@ impl Tenant {
         if admitted.is_empty() {
             return;
         }
+        let admitted = match &self.ordered {
+            // Only those whose turn it is run now; the rest wait in their
+            // key's lane.
+            Some(o) => o.admit(admitted),
+            None => admitted.into_iter().map(|(m, p)| (m, p, None)).collect(),
+        };
+        self.spawn_now(tasks, admitted);
+    }
+
+    fn spawn_now(self: &Arc<Self>, tasks: &TaskTracker, admitted: Vec<Admitted>) {
+        if admitted.is_empty() {
+            return;
+        }
         let pipeline = self.pipeline.load_full();
         let this = self.clone();
-        tasks.spawn(async move { this.process(admitted, pipeline).await });
+        let tracker = tasks.clone();
+        tasks.spawn(async move { this.process(admitted, pipeline, tracker).await });
+    }
+
+    /// A message of an ordered tenant settled: run the next of its key.
+    fn release(self: &Arc<Self>, lane: Option<Lane>, tasks: &TaskTracker) {
+        if let (Some(o), Some(lane)) = (&self.ordered, lane) {
+            let next = o.settled(lane);
+            self.spawn_now(tasks, next);
+        }
+    }
+
+    /// While an ordered tenant's pull loop runs: in-progress acks for its
+    /// waiting messages every half ack_wait, and while recovering, the
+    /// consumer's ack floor every [`FLOOR_POLL`].
+    async fn ordered_upkeep(self: Arc<Self>, mut consumer: PullConsumer, tasks: TaskTracker) {
+        let Some(o) = &self.ordered else { return };
+        let mut last_progress = Instant::now();
+        loop {
+            tokio::time::sleep(FLOOR_POLL).await;
+            if o.is_recovering()
+                && let Ok(info) = consumer.info().await
+            {
+                let ready = o.floor(info.ack_floor.stream_sequence);
+                self.spawn_now(&tasks, ready);
+            }
+            if last_progress.elapsed() >= self.ack_wait() / 2 {
+                last_progress = Instant::now();
+                o.keep_waiting().await;
+            }
+        }
     }
 
     /// Sleep after an error; a deleted consumer ends the loop.
@@ -425,13 +505,14 @@ impl Tenant {
     /// permit is released when it has settled.
     async fn process(
         self: Arc<Self>,
-        admitted: Vec<(jetstream::Message, OwnedSemaphorePermit)>,
+        admitted: Vec<Admitted>,
         pipeline: Arc<Pipeline>,
+        tasks: TaskTracker,
     ) {
         let tenant = &*self.id;
         let mut held = Vec::with_capacity(admitted.len());
         let mut items = Vec::with_capacity(admitted.len());
-        for (msg, permit) in admitted {
+        for (msg, permit, lane) in admitted {
             self.stats.mark_received();
             let origin = match msg.info() {
                 Ok(info) => Origin {
@@ -457,6 +538,7 @@ impl Tenant {
             items.push((origin, source));
             held.push(Held {
                 msg,
+                lane,
                 _permit: permit,
                 _counted: InFlight::enter(&self.stats),
             });
@@ -498,27 +580,86 @@ impl Tenant {
                 .queue_wait_seconds
                 .observe(first.waited.as_secs_f64());
         }
-        let settles =
-            held.into_iter()
-                .zip(items.iter())
-                .zip(ran)
-                .map(|((held, (origin, source)), ran)| {
-                    // One span per message, at debug: a debug log anywhere
-                    // below it carries the tenant, stream and sequence.
-                    let span = tracing::debug_span!(
-                        "message",
-                        tenant,
-                        stream = %origin.stream,
-                        seq = origin.stream_seq,
-                        delivered = origin.delivered,
-                    );
-                    self.settle(held, origin, source, ran).instrument(span)
-                });
+        let settles = held.into_iter().zip(items.iter()).zip(ran).map(
+            |((mut held, (origin, source)), ran)| {
+                // One span per message, at debug: a debug log anywhere
+                // below it carries the tenant, stream and sequence.
+                let span = tracing::debug_span!(
+                    "message",
+                    tenant,
+                    stream = %origin.stream,
+                    seq = origin.stream_seq,
+                    delivered = origin.delivered,
+                );
+                let lane = held.lane.take();
+                let (this, tasks) = (&self, &tasks);
+                async move {
+                    this.settle(held, origin, source, ran).await;
+                    // Its permit is back: the next of its key may run.
+                    this.release(lane, tasks);
+                }
+                .instrument(span)
+            },
+        );
         futures::future::join_all(settles).await;
     }
 
-    /// Count one message's outcome and settle it.
-    async fn settle(&self, held: Held<'_>, origin: &Origin, source: &Message, ran: Ran) {
+    /// Count one message's outcome and settle it. An ordered tenant's
+    /// retry is held in place: run again after its delay, counted as the
+    /// next delivery, until it settles otherwise (the last delivery
+    /// dead-letters, as a redelivery's would).
+    async fn settle(&self, held: Held<'_>, origin: &Origin, source: &Arc<Message>, ran: Ran) {
+        let mut settled = self.settle_once(&held, origin, source, ran).await;
+        let mut again = origin.clone();
+        while self.ordered.is_some() && matches!(settled, sink::Settled::Naked(_)) {
+            again.delivered = again.delivered.saturating_add(1);
+            let pipeline = self.pipeline.load_full();
+            let items: Arc<[(Origin, Arc<Message>)]> = Arc::from([(again.clone(), source.clone())]);
+            let run = self.pool.run_batch(&self.share, pipeline, items);
+            let Some(ran) = self
+                .progressing(&held.msg, run)
+                .await
+                .ok()
+                .and_then(|mut r| r.pop())
+            else {
+                // Shutting down: hand it back for a redelivery.
+                let _ = held.msg.ack_with(AckKind::Nak(None)).await;
+                return;
+            };
+            settled = self.settle_once(&held, &again, source, ran).await;
+        }
+    }
+
+    /// `work`, with in-progress acks for `msg` every half ack_wait while it
+    /// runs: publishing a large fan-out, holding a message whose outputs
+    /// cannot be stored yet, or waiting out an ordered retry can take
+    /// longer than ack_wait, and JetStream would redeliver (to this host or
+    /// another) a message that is still being settled.
+    async fn progressing<F: std::future::Future>(
+        &self,
+        msg: &jetstream::Message,
+        work: F,
+    ) -> F::Output {
+        tokio::pin!(work);
+        let half = self.ack_wait() / 2;
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                () = tokio::time::sleep(half) => {
+                    let _ = msg.ack_with(AckKind::Progress).await;
+                }
+            }
+        }
+    }
+
+    /// Count one outcome and settle it once.
+    async fn settle_once(
+        &self,
+        held: &Held<'_>,
+        origin: &Origin,
+        source: &Message,
+        ran: Ran,
+    ) -> sink::Settled {
         self.stats.handler_seconds.observe(ran.took.as_secs_f64());
         if ran.rerun {
             self.stats
@@ -549,27 +690,17 @@ impl Tenant {
             "settling"
         );
         let settling = self.sink.settle(&held.msg, origin, source, outcome);
-        tokio::pin!(settling);
-        // Publishing a large fan-out, or holding a message whose outputs
-        // cannot be stored yet, can take longer than ack_wait: keep telling
-        // JetStream, or it would redeliver (to this host or another) a
-        // message that is still being settled.
-        let half = self.ack_wait() / 2;
-        loop {
-            tokio::select! {
-                _ = &mut settling => break,
-                () = tokio::time::sleep(half) => {
-                    let _ = held.msg.ack_with(AckKind::Progress).await;
-                }
-            }
-        }
+        let settled = self.progressing(&held.msg, settling).await;
         self.stats.mark_settled();
+        settled
     }
 }
 
 /// A message being processed, with what it holds until it has settled.
 struct Held<'a> {
     msg: jetstream::Message,
+    /// Its place in its key's lane, for an ordered tenant.
+    lane: Option<Lane>,
     /// Its in-flight permit: released on drop.
     _permit: OwnedSemaphorePermit,
     _counted: InFlight<'a>,

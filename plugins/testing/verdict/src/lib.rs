@@ -7,8 +7,9 @@
 //! panic; `origin` → `next` with header `X-Origin:
 //! <tenant>/<stream>/<seq>/<delivered>/<published-ms>`, what the guest was
 //! told; `work:MS` → `next` after MS milliseconds of busy work (a slow
-//! handler). A payload starting with `{` is JSON and passes through as
-//! `next`.
+//! handler); `flaky:N` → `retry:10` on deliveries before N, then `next`. A
+//! `|` ends the argument, so a payload can carry more (`flaky:3|k1|17`). A
+//! payload starting with `{` is JSON and passes through as `next`.
 
 use sluice_guest::{Config, Handler, Message, Origin, Verdict};
 
@@ -22,8 +23,10 @@ impl Handler for Verdicts {
     fn handle(&self, origin: &Origin, msg: Message) -> Verdict {
         let text = String::from_utf8_lossy(&msg.payload).into_owned();
         let (word, arg) = text.split_once(':').unwrap_or((text.as_str(), ""));
+        let arg = arg.split('|').next().unwrap_or_default();
         match word {
             "ack" => Verdict::Ack,
+            "flaky" if origin.delivered < arg.parse().unwrap_or(0) => Verdict::Retry(10),
             "retry" => Verdict::Retry(arg.parse().unwrap_or(0)),
             "dead" => Verdict::DeadLetter(arg.to_owned()),
             "publish" => {
