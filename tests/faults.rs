@@ -134,8 +134,14 @@ pub(crate) struct Proc {
 impl Proc {
     /// `sluice run --config CONFIG`, stderr (its log) to `log`.
     pub(crate) fn run(config: &Path, log: PathBuf) -> Proc {
+        Proc::run_with(config, log, &[])
+    }
+
+    /// `sluice run --config CONFIG` with more arguments.
+    pub(crate) fn run_with(config: &Path, log: PathBuf, more: &[&str]) -> Proc {
         let child = sluice()
             .args(["run", "--config", config.to_str().unwrap()])
+            .args(more)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap())

@@ -25,4 +25,5 @@ mod props;
 mod sandbox;
 mod scaffold;
 mod scale;
+mod standby;
 mod support;

@@ -39,7 +39,7 @@ pub(crate) fn get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// `name{labels} value` lines as a map.
-fn samples(text: &str) -> HashMap<String, f64> {
+pub(crate) fn samples(text: &str) -> HashMap<String, f64> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .filter_map(|l| {

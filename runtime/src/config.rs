@@ -292,6 +292,16 @@ pub struct TenantConfig {
     /// Default: none (messages run concurrently, up to `max_in_flight`).
     #[serde(default)]
     pub ordering: Option<String>,
+    /// Active/standby across hosts: one host at a time holds the tenant's
+    /// consumer (a JetStream priority group with a pinned client); the
+    /// others wait and one takes over within `takeover` of its loss.
+    /// Default false.
+    #[serde(default)]
+    pub exclusive: bool,
+    /// With `exclusive`: how long the holding host may go without pulling
+    /// before another takes over. Default 5 s; 1 s to 1 h.
+    #[serde(default, with = "opt_duration")]
+    pub takeover: Option<Duration>,
     /// Overrides `defaults.ack_wait`.
     #[serde(default, with = "opt_duration")]
     pub ack_wait: Option<Duration>,
@@ -374,6 +384,10 @@ fn default_servers() -> Vec<String> {
 const fn default_max_in_flight() -> usize {
     256
 }
+/// An exclusive tenant's standby takes over this long after the holder's
+/// last pull: quick enough to be "within seconds", slow enough that a busy
+/// holder (it pulls every few seconds at most) is never mistaken for gone.
+pub const DEFAULT_TAKEOVER: Duration = Duration::from_secs(5);
 /// Every tenant alike unless told otherwise.
 const fn default_weight() -> u32 {
     1
@@ -500,6 +514,8 @@ pub struct Limits {
     pub weight: u32,
     /// See [`TenantConfig::ordering`] (validated before use).
     pub ordering: Option<crate::ordering::OrderingKey>,
+    /// With [`TenantConfig::exclusive`], its `takeover`.
+    pub exclusive: Option<Duration>,
     /// See [`TenantDefaults::ack_wait`].
     pub ack_wait: Duration,
     /// See [`TenantDefaults::max_deliver`].
@@ -740,6 +756,17 @@ impl Config {
     }
 
     fn check_tenant(&self, at: &str, id: &str, tenant: &TenantConfig) -> Result<(), ConfigError> {
+        if tenant.takeover.is_some() && !tenant.exclusive {
+            return Err(self.error(
+                format!("{at}.takeover"),
+                "applies only with `exclusive = true`",
+            ));
+        }
+        if let Some(takeover) = tenant.takeover
+            && !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&takeover)
+        {
+            return Err(self.error(format!("{at}.takeover"), "must be from 1s to 1h"));
+        }
         if let Some(ordering) = &tenant.ordering {
             crate::ordering::OrderingKey::parse(ordering)
                 .map_err(|e| self.error(format!("{at}.ordering"), e))?;
@@ -856,6 +883,9 @@ impl Config {
             ordering: tenant
                 .and_then(|t| t.ordering.as_deref())
                 .and_then(|o| crate::ordering::OrderingKey::parse(o).ok()),
+            exclusive: tenant
+                .filter(|t| t.exclusive)
+                .map(|t| t.takeover.unwrap_or(DEFAULT_TAKEOVER)),
             ack_wait: tenant.and_then(|t| t.ack_wait).unwrap_or(d.ack_wait),
             max_deliver: tenant.and_then(|t| t.max_deliver).unwrap_or(d.max_deliver),
             backoff: tenant
@@ -1423,6 +1453,32 @@ mod tests {
         assert_eq!(
             c.limits(Some(&c.tenants["acme"])).ordering,
             Some(crate::ordering::OrderingKey::Header("Order-Id".into()))
+        );
+    }
+
+    #[test]
+    fn takeover_needs_exclusive_and_is_bounded() {
+        for (keys, want) in [
+            ("takeover = \"3s\"", "applies only with `exclusive = true`"),
+            (
+                "exclusive = true\ntakeover = \"0s\"",
+                "must be from 1s to 1h",
+            ),
+        ] {
+            let text = GOOD.replace("max_in_flight = 10", keys);
+            let e = Config::parse(&text, Path::new("sluice.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("tenants.acme.takeover") && e.contains(want),
+                "{e}"
+            );
+        }
+        let text = GOOD.replace("max_in_flight = 10", "exclusive = true");
+        let c = Config::parse(&text, Path::new("sluice.toml")).unwrap();
+        assert_eq!(
+            c.limits(Some(&c.tenants["acme"])).exclusive,
+            Some(DEFAULT_TAKEOVER)
         );
     }
 

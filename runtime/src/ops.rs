@@ -454,6 +454,18 @@ impl Collector for HostCollector {
             "1 when the tenant's consumer is bound and its pull loop runs.",
             gauge(&|t| i64::from(t.stats.bound.load(Ordering::Relaxed))),
         )?;
+        gauge_family(
+            &mut encoder,
+            "sluice_consumer_pinned",
+            "For exclusive tenants: 1 while this host holds the consumer (active), 0 on standby.",
+            s.tenants
+                .iter()
+                .filter_map(|t| {
+                    let pinned = t.pinned()?;
+                    Some((vec![("tenant", t.id.to_string())], i64::from(pinned)))
+                })
+                .collect::<Vec<_>>(),
+        )?;
         counter_family(
             &mut encoder,
             "sluice_plugin_reloads",

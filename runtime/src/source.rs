@@ -401,6 +401,17 @@ pub fn consumer_config(config: &Config, tenant: &TenantConfig) -> consumer::pull
         max_deliver: i64::from(limits.max_deliver) + 1,
         max_ack_pending: i64::try_from(max_ack_pending(tenant, limits.max_in_flight))
             .unwrap_or(i64::MAX),
+        // Active/standby: one pinned host at a time (see tenant::pinned).
+        priority_policy: if limits.exclusive.is_some() {
+            consumer::PriorityPolicy::PinnedClient
+        } else {
+            consumer::PriorityPolicy::None
+        },
+        priority_groups: match limits.exclusive {
+            Some(_) => vec![crate::tenant::pinned::GROUP.to_owned()],
+            None => Vec::new(),
+        },
+        priority_timeout: limits.exclusive.unwrap_or_default(),
         ..Default::default()
     }
 }
@@ -527,6 +538,9 @@ pub async fn ensure_tenant(
             if tenant.ordering.is_some() {
                 fixed.max_ack_pending = wanted.max_ack_pending;
             }
+            fixed.priority_policy = wanted.priority_policy;
+            fixed.priority_groups = wanted.priority_groups.clone();
+            fixed.priority_timeout = wanted.priority_timeout;
             stream
                 .update_consumer(fixed)
                 .await
@@ -610,6 +624,39 @@ fn drift(
             "filter",
             format!("`{have_filter}`"),
             format!("`{}`", wanted.filter_subject),
+        ));
+    }
+    // Exclusive or not, as the config says: a pull for the other kind
+    // fails (async-nats refuses one-shot pulls of a pinned consumer; a
+    // standby's pull without the group is refused by the server).
+    let pinned = |c: &consumer::PriorityPolicy| *c == consumer::PriorityPolicy::PinnedClient;
+    if pinned(&have.priority_policy) != pinned(&wanted.priority_policy)
+        || have.priority_groups != wanted.priority_groups
+        || (pinned(&wanted.priority_policy) && have.priority_timeout != wanted.priority_timeout)
+    {
+        let show = |policy: &consumer::PriorityPolicy, groups: &[String], timeout: Duration| {
+            if pinned(policy) {
+                format!(
+                    "pinned_client, group {}, timeout {}",
+                    groups.join(","),
+                    humantime::format_duration(timeout)
+                )
+            } else {
+                "no priority group".to_owned()
+            }
+        };
+        drift.push((
+            "priority_policy",
+            show(
+                &have.priority_policy,
+                &have.priority_groups,
+                have.priority_timeout,
+            ),
+            show(
+                &wanted.priority_policy,
+                &wanted.priority_groups,
+                wanted.priority_timeout,
+            ),
         ));
     }
     // An ordered tenant needs its cap (see `max_ack_pending`); another

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use async_nats::jetstream::consumer::{PullConsumer, pull::Batch};
+use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind};
 use futures::{FutureExt as _, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -29,6 +29,7 @@ use crate::telemetry::TenantStats;
 use crate::wasm::fair::Share;
 
 mod ordered;
+pub(crate) mod pinned;
 use crate::wasm::pool::{Ran, WorkerPool};
 use ordered::{Admitted, Lane, Ordered};
 
@@ -47,6 +48,8 @@ const IDLE_PULL_EXPIRES: Duration = Duration::from_secs(30);
 const MAX_PULL: usize = 1024;
 /// What ends a pull early, besides its own expiry.
 struct PullEnds<'a> {
+    /// The consumer pulled from.
+    consumer: &'a PullConsumer,
     shutdown: &'a CancellationToken,
     /// Moves at each reconnect of the tenant's connection.
     connects: &'a mut tokio::sync::watch::Receiver<u64>,
@@ -115,6 +118,10 @@ pub struct Tenant {
     share: Share,
     /// Per-key ordering, when the tenant asks for it.
     ordered: Option<Ordered>,
+    /// For an exclusive tenant: the pin this host holds, if it is the one.
+    pin: Option<Arc<pinned::PinId>>,
+    /// Its connection's JetStream context, for pinned pulls.
+    js: jetstream::Context,
     sink: Sink,
     /// The bound consumer's `ack_wait` in ms (the config's until bound): an
     /// existing consumer may differ from the config, and in-progress acks
@@ -152,6 +159,8 @@ impl Tenant {
                 sink
             },
             ordered,
+            pin: limits.exclusive.map(|_| Arc::default()),
+            js: js.clone(),
             permits: Arc::new(Semaphore::new(limits.max_in_flight)),
             ack_wait_ms: std::sync::atomic::AtomicU64::new(millis(limits.ack_wait)),
             pipeline: ArcSwap::from_pointee(pipeline),
@@ -164,6 +173,11 @@ impl Tenant {
             stats,
             pool,
         })
+    }
+
+    /// For an exclusive tenant: whether this host holds its consumer now.
+    pub fn pinned(&self) -> Option<bool> {
+        self.pin.as_ref().map(|p| p.held())
     }
 
     /// The bound consumer's `ack_wait`.
@@ -228,28 +242,41 @@ impl Tenant {
                     Err(_) => break,
                 }
             }
-            let pulled = match consumer
-                .batch()
-                .max_messages(permits.len())
-                .expires(expires)
-                // No idle heartbeat: async-nats' `Batch` consumes one
-                // without asking to be woken again, so a pull that had
-                // heard one stopped reading until its client-side timeout
-                // (expiry + 5 s) and what arrived meanwhile was left to a
-                // redelivery (tests/scale.rs). A dead connection still
-                // ends the pull by then, and idle tenants cost the server
-                // no heartbeat a second each.
-                .messages()
-                .await
-            {
-                Ok(batch) => {
-                    let ends = PullEnds {
-                        shutdown: &shutdown,
-                        connects: &mut connects,
-                    };
-                    self.consume(batch, permits, &tasks, ends, &mut pause).await
+            let ends = PullEnds {
+                consumer: &consumer,
+                shutdown: &shutdown,
+                connects: &mut connects,
+            };
+            let pulled = if let Some(pin) = &self.pin {
+                // The holder must pull again well within the takeover
+                // time, or the server hands the consumer to a standby.
+                let takeover = self
+                    .limits
+                    .exclusive
+                    .unwrap_or(crate::config::DEFAULT_TAKEOVER);
+                let expires = expires.min(takeover / 2);
+                match pinned::pull(&consumer, &self.js, pin.clone(), permits.len(), expires).await {
+                    Ok(pull) => self.consume(pull, permits, &tasks, ends, &mut pause).await,
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e.into()),
+            } else {
+                match consumer
+                    .batch()
+                    .max_messages(permits.len())
+                    .expires(expires)
+                    // No idle heartbeat: async-nats' `Batch` consumes one
+                    // without asking to be woken again, so a pull that had
+                    // heard one stopped reading until its client-side timeout
+                    // (expiry + 5 s) and what arrived meanwhile was left to a
+                    // redelivery (tests/scale.rs). A dead connection still
+                    // ends the pull by then, and idle tenants cost the server
+                    // no heartbeat a second each.
+                    .messages()
+                    .await
+                {
+                    Ok(batch) => self.consume(batch, permits, &tasks, ends, &mut pause).await,
+                    Err(e) => Err(e.into()),
+                }
             };
             match pulled {
                 Ok(0) => expires = (expires * 2).min(IDLE_PULL_EXPIRES),
@@ -341,14 +368,17 @@ impl Tenant {
     /// already waiting behind the one that woke the loop are admitted with
     /// it and share a job, up to [`MAX_JOB`]. Permits left when the pull
     /// ends are released. Returns how many messages the pull brought.
-    async fn consume(
+    async fn consume<S>(
         self: &Arc<Self>,
-        mut batch: Batch,
+        mut batch: S,
         mut permits: Vec<OwnedSemaphorePermit>,
         tasks: &TaskTracker,
         ends: PullEnds<'_>,
         pause: &mut Duration,
-    ) -> Result<usize, async_nats::Error> {
+    ) -> Result<usize, async_nats::Error>
+    where
+        S: futures::Stream<Item = Result<jetstream::Message, async_nats::Error>> + Unpin,
+    {
         let tenant = &*self.id;
         let mut admitted = Vec::new();
         let mut received = 0;
@@ -375,6 +405,11 @@ impl Tenant {
                 Some(Ok(msg)) => {
                     *pause = ERROR_PAUSE.0;
                     received += 1;
+                    if let Some(pin) = &self.pin
+                        && pin.take_fresh()
+                    {
+                        self.took_over(ends.consumer).await;
+                    }
                     // What the consumer had left when this was sent: the
                     // lag, kept current at no cost while messages flow.
                     if let Ok(info) = msg.info() {
@@ -436,6 +471,38 @@ impl Tenant {
         let this = self.clone();
         let tracker = tasks.clone();
         tasks.spawn(async move { this.process(admitted, pipeline, tracker).await });
+    }
+
+    /// This host has just been pinned to an exclusive tenant's consumer
+    /// (at start, or taking over from a host that stopped pulling). An
+    /// ordered tenant starts over from where the consumer stands: what the
+    /// previous holder left pending runs first, in order.
+    async fn took_over(&self, consumer: &PullConsumer) {
+        tracing::info!(
+            tenant = &*self.id,
+            "this host now holds the tenant's consumer (active)"
+        );
+        let Some(o) = &self.ordered else { return };
+        let mut consumer = consumer.clone();
+        for pause in [0, 100, 500, 2000] {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            match consumer.info().await {
+                Ok(info) => {
+                    o.bind(info);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(tenant = &*self.id, error = %e, "consumer info after taking over")
+                }
+            }
+        }
+        // Without it, the pending messages cannot be ordered: better to
+        // hand this pull back (the caller's pull ends on the error below
+        // soon enough) than to run them out of order.
+        tracing::error!(
+            tenant = &*self.id,
+            "no consumer info after taking over; ordering from the last bind"
+        );
     }
 
     /// A message of an ordered tenant settled: run the next of its key.
