@@ -303,12 +303,18 @@ async fn stream_info(
     }
 }
 
-/// Make sure a stream exists with at least `subjects`; create it when
-/// `create` (with the given duplicate window), otherwise report it missing.
+/// Make sure a stream exists capturing the tenant's own subjects (the
+/// pair's first); create it when `create` (with the given duplicate window)
+/// with the subjects of every tenant sharing it (the pair's second, called
+/// only then: with a thousand tenants on one stream, computing them at
+/// every bind was a million template checks), otherwise report it missing.
 async fn ensure_stream(
     js: &jetstream::Context,
     name: &str,
-    subjects: &[String],
+    (subjects, whole): (
+        &[String],
+        impl FnOnce() -> Result<Vec<String>, TopologyError>,
+    ),
     duplicate_window: Option<Duration>,
     create: Option<usize>,
     config_file: &str,
@@ -349,9 +355,10 @@ async fn ensure_stream(
             Ok(())
         }
         None if create.is_some() => {
+            let subjects = whole()?;
             let mut cfg = stream::Config {
                 name: name.to_owned(),
-                subjects: subjects.to_vec(),
+                subjects: subjects.clone(),
                 storage: stream::StorageType::File,
                 num_replicas: create.unwrap_or(1),
                 ..Default::default()
@@ -450,14 +457,27 @@ pub async fn ensure_tenant(
             .filter(|(_, t)| of(t).is_some_and(|s| s == stream) && tenant_nats(config, t) == nats)
             .collect::<Vec<_>>()
     };
-    let mut subjects: Vec<String> = vec![tenant.filter.clone()];
-    for (_, t) in sharing(&tenant.stream, |t| Some(&t.stream)) {
-        add_subject(&mut subjects, &t.filter);
-    }
+    let own_filter = std::slice::from_ref(&tenant.filter);
+    let inputs = || {
+        let mut subjects: Vec<String> = vec![tenant.filter.clone()];
+        for (_, t) in sharing(&tenant.stream, |t| Some(&t.stream)) {
+            add_subject(&mut subjects, &t.filter);
+        }
+        Ok(subjects)
+    };
     // Missing streams are created (with the configured replicas) only
     // when provisioning.
     let make = create.then_some(config.host.stream_replicas);
-    ensure_stream(js, &tenant.stream, &subjects, None, make, &file, report).await?;
+    ensure_stream(
+        js,
+        &tenant.stream,
+        (own_filter, inputs),
+        None,
+        make,
+        &file,
+        report,
+    )
+    .await?;
     let window = Some(config.defaults.duplicate_window);
     if let Err(e) = config.check_duplicate_window_of(id, tenant) {
         report.warnings.push(e.to_string());
@@ -469,25 +489,33 @@ pub async fn ensure_tenant(
                 reason: e.to_string(),
             })
         };
-        // Its own first: a tenant from the tenants folder is not among
-        // the config's.
-        let mut permits = Vec::new();
-        for p in permits_of(id, tenant)? {
-            add_subject(&mut permits, &p);
-        }
-        for (other, t) in sharing(out, |t| t.output_stream.as_ref()) {
-            for p in permits_of(other, t)? {
-                add_subject(&mut permits, &p);
+        let own = permits_of(id, tenant)?;
+        let outputs = || {
+            // Its own first: a tenant from the tenants folder is not among
+            // the config's.
+            let mut permits = Vec::new();
+            for p in &own {
+                add_subject(&mut permits, p);
             }
-        }
-        ensure_stream(js, out, &permits, window, make, &file, report).await?;
+            for (other, t) in sharing(out, |t| t.output_stream.as_ref()) {
+                for p in permits_of(other, t)? {
+                    add_subject(&mut permits, &p);
+                }
+            }
+            Ok(permits)
+        };
+        ensure_stream(js, out, (&own, outputs), window, make, &file, report).await?;
     }
     if let Some(dlq) = &tenant.dead_letter_stream {
-        let mut dead = vec![tenant.dead_letter.clone()];
-        for (_, t) in sharing(dlq, |t| t.dead_letter_stream.as_ref()) {
-            add_subject(&mut dead, &t.dead_letter);
-        }
-        ensure_stream(js, dlq, &dead, window, make, &file, report).await?;
+        let own = std::slice::from_ref(&tenant.dead_letter);
+        let letters = || {
+            let mut dead = vec![tenant.dead_letter.clone()];
+            for (_, t) in sharing(dlq, |t| t.dead_letter_stream.as_ref()) {
+                add_subject(&mut dead, &t.dead_letter);
+            }
+            Ok(dead)
+        };
+        ensure_stream(js, dlq, (own, letters), window, make, &file, report).await?;
     }
     let wanted = consumer_config(config, tenant);
     let stream = js
