@@ -172,12 +172,17 @@ pub async fn read_all(js: &jetstream::Context, name: &str) -> Vec<(String, bytes
         .unwrap();
     let mut messages = consumer.messages().await.unwrap();
     while out.len() < total {
-        let m = tokio::time::timeout(Duration::from_secs(30), messages.next())
+        let next = tokio::time::timeout(Duration::from_secs(30), messages.next())
             .await
             .unwrap_or_else(|_| panic!("reading {name}: {} of {total}", out.len()))
-            .unwrap()
-            .unwrap();
-        out.push((m.subject.to_string(), m.payload.clone()));
+            .unwrap_or_else(|| panic!("reading {name}: the consumer ended"));
+        match next {
+            Ok(m) => out.push((m.subject.to_string(), m.payload.clone())),
+            // A missed heartbeat or a leader change while a loaded cluster
+            // settles: the stream pulls again and carries on (no acks, so
+            // nothing comes twice).
+            Err(e) => eprintln!("reading {name}: {e}; carrying on"),
+        }
     }
     out
 }

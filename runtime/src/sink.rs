@@ -182,7 +182,10 @@ impl Sink {
                 Ok(stored) => self.published(msg, origin, stored).await,
                 Err(e) => {
                     TenantStats::bump(&self.stats.publish_errors, 1);
-                    if origin.delivered >= self.max_deliver && e.is_unroutable() {
+                    if origin.delivered >= self.max_deliver
+                        && e.is_unroutable()
+                        && self.no_stream_captures(&outputs).await
+                    {
                         // No stream captures the output subject and none
                         // was stored: a configuration problem that waiting
                         // will not fix. The message is kept whole, with
@@ -233,6 +236,32 @@ impl Sink {
                     .await
             }
         }
+    }
+
+    /// Whether the server says, when asked, that no stream captures one of
+    /// `outputs`' subjects. A publish without a responder looks the same
+    /// while a clustered stream elects a new leader; a failed or timed-out
+    /// answer is not a no, so the caller holds the message instead of
+    /// dead-lettering one that is only waiting for the election.
+    async fn no_stream_captures(&self, outputs: &[Message]) -> bool {
+        let mut asked: Vec<&str> = Vec::new();
+        for m in outputs {
+            if asked.contains(&m.subject.as_str()) {
+                continue;
+            }
+            // A bound on the API calls one message can cost; past it the
+            // message is held, as for an unknown answer.
+            if asked.len() == 16 {
+                return false;
+            }
+            asked.push(&m.subject);
+            if let Err(e) = self.js.stream_by_subject(m.subject.as_str()).await
+                && e.kind() == jetstream::context::GetStreamByNameErrorKind::NotFound
+            {
+                return true;
+            }
+        }
+        false
     }
 
     /// Store the dead letter, then terminate the source; if it cannot be
