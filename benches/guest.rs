@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_main};
-use sluice::pipeline::{Pipeline, Stage};
 use sluice::subject::Template;
-use sluice::wasm::pool::StageRunner;
-use sluice::wasm::{Limits, Runtime};
+use sluice::wasm::{PluginLimits, Runtime};
+use sluice::worker::pool::StageRunner;
+use sluice::worker::{Pipeline, Stage};
 use sluice::{Message, Origin};
 
 /// The builds of a reference plugin that has one in every language: Rust,
@@ -100,13 +100,13 @@ fn stages() -> Vec<(&'static str, Vec<(String, String)>)> {
 
 fn benches(c: &mut Criterion) {
     // The on-disk cache spares recompiling the 18 MB Python guests each run.
-    let runtime = Runtime::new(Runtime::default_cache_dir()).unwrap();
-    let limits = Limits {
+    let runtime = Runtime::new(sluice::config::default_cache_dir()).unwrap();
+    let limits = PluginLimits {
         // Generous: this measures speed, and a JavaScript instance's start
         // (`init` included) can pass 100 ms on a busy machine.
         deadline: Duration::from_secs(2),
         memory: 64 << 20,
-        ..Limits::default()
+        ..PluginLimits::default()
     };
     let msg = Message::new("acme.in.orders", payload());
     let origin = origin();

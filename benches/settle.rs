@@ -20,8 +20,8 @@ use criterion::{Criterion, Throughput, criterion_main};
 use futures::StreamExt;
 use sluice::nats_server::NatsServer;
 use sluice::pipeline::Outcome;
-use sluice::sink::{self, Sink};
-use sluice::telemetry::TenantStats;
+use sluice::sink::Sink;
+use sluice::stats::TenantStats;
 use sluice::{Message, Origin};
 
 /// Messages pulled and settled together, as one pull batch of the host.
@@ -128,7 +128,7 @@ fn settle(c: &mut Criterion) {
                             };
                             let source = Message {
                                 subject: msg.subject.to_string(),
-                                headers: sink::header_list(msg.headers.as_ref()),
+                                headers: sluice::headers::header_list(msg.headers.as_ref()),
                                 payload: msg.payload.clone(),
                             };
                             let mut output = source.clone();

@@ -5,10 +5,12 @@
 
 use std::sync::Arc;
 
-use sluice::pipeline::{Outcome, Pipeline, Stage};
+use sluice::message::{FailureKind, GuestFailure};
+use sluice::pipeline::Outcome;
 use sluice::subject::Template;
-use sluice::wasm::pool::StageRunner;
-use sluice::wasm::{FailureKind, GuestFailure, Limits};
+use sluice::wasm::PluginLimits;
+use sluice::worker::pool::StageRunner;
+use sluice::worker::{Pipeline, Stage};
 use sluice::{Message, Origin};
 
 use crate::support::{limits, load, msg, origin};
@@ -17,7 +19,7 @@ fn pipeline(stages: &[(&str, &[(&str, &str)])]) -> Pipeline {
     pipeline_with(limits(), stages)
 }
 
-fn pipeline_with(limits: Limits, stages: &[(&str, &[(&str, &str)])]) -> Pipeline {
+fn pipeline_with(limits: PluginLimits, stages: &[(&str, &[(&str, &str)])]) -> Pipeline {
     let stages = stages
         .iter()
         .map(|(name, config)| {
@@ -241,7 +243,7 @@ fn a_plugin_without_the_batch_call_gets_one_call_per_message() {
 fn messages_too_big_to_batch_within_the_memory_limit_still_go_through() {
     // Sixteen 300 KiB messages need more than the 4 MiB limit at once; one
     // at a time they fit.
-    let limits = Limits {
+    let limits = PluginLimits {
         memory: 4 << 20,
         ..limits()
     };

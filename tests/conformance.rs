@@ -18,9 +18,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::Value;
 use sluice::cases::Cases;
-use sluice::pipeline::Stage;
-use sluice::wasm::pool::StageRunner;
-use sluice::wasm::{Limits, Plugin, Runtime, WasmError};
+use sluice::wasm::{Plugin, PluginLimits, Runtime, WasmError};
+use sluice::worker::Stage;
+use sluice::worker::pool::StageRunner;
 use sluice::{Message, Origin, Verdict};
 
 use crate::support::{origin, plugin_path, root};
@@ -61,11 +61,11 @@ const PLUGINS: &[&str] = &["transform", "route"];
 
 /// Generous deadlines: this checks behaviour, not speed, and debug builds
 /// on a loaded machine are slow.
-fn limits(memory_mib: u64) -> Limits {
-    Limits {
+fn limits(memory_mib: u64) -> PluginLimits {
+    PluginLimits {
         deadline: Duration::from_secs(5),
         memory: memory_mib << 20,
-        ..Limits::default()
+        ..PluginLimits::default()
     }
 }
 
@@ -80,7 +80,7 @@ fn runtime() -> &'static Runtime {
     })
 }
 
-fn load(build: &str, limits: Limits) -> Arc<Plugin> {
+fn load(build: &str, limits: PluginLimits) -> Arc<Plugin> {
     runtime()
         .load_file(build, &plugin_path(build), limits)
         .unwrap()
@@ -142,10 +142,10 @@ fn a_guest_that_leaks_is_replaced_before_it_runs_out_of_memory() {
     // (~0.4 KiB a call here). At this limit the Python transform would fail
     // its ~20,000th call; the worker pool retires an instance past three
     // quarters of its limit instead, so none fails.
-    let limits = Limits {
+    let limits = PluginLimits {
         deadline: Duration::from_secs(5),
         memory: 20 << 20,
-        ..Limits::default()
+        ..PluginLimits::default()
     };
     let config = vec![("set.seen".to_owned(), "true".to_owned())];
     let stage = Arc::new(Stage::new(load("transform-py", limits), config));

@@ -54,9 +54,9 @@ const SYNC_ALWAYS: &str = "jetstream { sync_interval: always }";
 /// inputs can queue up before one runs.
 pub(crate) async fn provision(path: &Path, url: &str) {
     let config = Config::load(path).unwrap();
-    let js = sluice::source::jetstream(async_nats::connect(url).await.unwrap());
-    let mut report = sluice::source::Report::default();
-    sluice::source::ensure_tenant(
+    let js = sluice::topology::jetstream(async_nats::connect(url).await.unwrap());
+    let mut report = sluice::topology::Report::default();
+    sluice::topology::ensure_tenant(
         &js,
         &config,
         "acme",
@@ -214,7 +214,7 @@ async fn server_killed_mid_stream(sync: Option<&str>) {
     let url = server.url();
     let (_dir, path) = config_file(&shared_config(), &url);
     let service = Service::start(Config::load(&path).unwrap()).await.unwrap();
-    let js = sluice::source::jetstream(async_nats::connect(&url).await.unwrap());
+    let js = sluice::topology::jetstream(async_nats::connect(&url).await.unwrap());
     wait_for("the input streams", LIMIT, || async {
         js.get_stream("ACME").await.is_ok() && js.get_stream("GLOBEX").await.is_ok()
     })
@@ -258,7 +258,7 @@ async fn js_retrying(url: &str) -> jetstream::Context {
         .connect(url)
         .await
         .unwrap();
-    sluice::source::jetstream(client)
+    sluice::topology::jetstream(client)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -459,10 +459,10 @@ async fn several_hosts(hosts: usize) {
     let url = server.url();
     let (dir, path) = config_file(&shared_config(), &url);
     let config = Config::load(&path).unwrap();
-    let js = sluice::source::jetstream(async_nats::connect(&url).await.unwrap());
+    let js = sluice::topology::jetstream(async_nats::connect(&url).await.unwrap());
     for (id, tenant) in &config.tenants {
-        let mut report = sluice::source::Report::default();
-        sluice::source::ensure_tenant(&js, &config, id, tenant, true, &mut report)
+        let mut report = sluice::topology::Report::default();
+        sluice::topology::ensure_tenant(&js, &config, id, tenant, true, &mut report)
             .await
             .unwrap();
     }
@@ -522,7 +522,7 @@ async fn full_output_and_dead_letter_streams_hold_sources_until_raised() {
     const N: u64 = 20_000;
     let server = nats_with(Some(SYNC_ALWAYS));
     let url = server.url();
-    let js = sluice::source::jetstream(async_nats::connect(&url).await.unwrap());
+    let js = sluice::topology::jetstream(async_nats::connect(&url).await.unwrap());
     let full = |name: &str, subject: &str, max: i64| stream::Config {
         name: name.to_owned(),
         subjects: vec![subject.to_owned()],
@@ -613,7 +613,7 @@ async fn a_handler_slower_than_ack_wait_is_never_redelivered_to_the_other_host()
         Service::start(Config::load(&path).unwrap()).await.unwrap(),
         Service::start(Config::load(&path).unwrap()).await.unwrap(),
     ];
-    let js = sluice::source::jetstream(async_nats::connect(&url).await.unwrap());
+    let js = sluice::topology::jetstream(async_nats::connect(&url).await.unwrap());
     wait_for("the input streams", LIMIT, || async {
         js.get_stream("ACME").await.is_ok() && js.get_stream("GLOBEX").await.is_ok()
     })

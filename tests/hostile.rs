@@ -8,8 +8,9 @@
 use std::time::{Duration, Instant};
 
 use sluice::config::Config;
+use sluice::message::FailureKind;
 use sluice::service::Service;
-use sluice::wasm::{FailureKind, Limits, WasmError};
+use sluice::wasm::{PluginLimits, WasmError};
 use sluice::{Origin, OutputCaps};
 
 use crate::support::{
@@ -85,7 +86,7 @@ fn a_sleeping_guest_ends_in_deadline_within_twice_its_deadline() {
     let deadline = Duration::from_millis(200);
     let plugin = load(
         "hostile",
-        Limits {
+        PluginLimits {
             deadline,
             ..crate::support::limits()
         },
@@ -295,7 +296,7 @@ fn output_caps_are_checked_in_the_config() {
 fn a_guest_that_floods_the_log_is_held_to_its_rate() {
     let plugin = load(
         "hostile",
-        Limits {
+        PluginLimits {
             log_lines_per_second: 10,
             ..crate::support::limits()
         },

@@ -216,7 +216,7 @@ async fn a_guests_longest_retry_is_capped_by_max_retry_delay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drifted_consumer_is_refused_and_provision_fixes_what_it_can() {
     use async_nats::jetstream::consumer::{self, AckPolicy};
-    use sluice::source::{Report, ensure_tenant};
+    use sluice::topology::{Report, ensure_tenant};
 
     let server = nats();
     let js = js(&server.url()).await;

@@ -15,6 +15,7 @@ mod faults;
 mod hostile;
 mod hotswap;
 mod jetstream;
+mod layering;
 mod lost;
 mod ops;
 mod ordering;

@@ -199,7 +199,7 @@ async fn unreadable_messages_are_dead_lettered_and_the_neighbour_flows() {
 /// dead-letters the message before the server redelivers it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_kills_the_client_is_dead_lettered_on_a_new_connection() {
-    let before = sluice::service::client_restarts();
+    let before = sluice::topology::client_restarts();
     let (_, cr) = poisons().swap_remove(2);
     let dead = run(vec![cr], 20).await;
     assert_eq!(dead.len(), 1);
@@ -209,7 +209,7 @@ async fn a_message_that_kills_the_client_is_dead_lettered_on_a_new_connection() 
             .contains("bare CR")
     );
     assert!(
-        sluice::service::client_restarts() > before,
+        sluice::topology::client_restarts() > before,
         "the dead client was replaced"
     );
 }

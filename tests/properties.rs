@@ -38,7 +38,7 @@ pub fn wire(bytes: &[u8], count: usize) {
 /// carrying them can always be built.
 pub fn header_block(bytes: &[u8]) {
     if let Ok(headers) = sluice::unreadable::parse_headers(bytes) {
-        let _ = sluice::sink::header_map(&headers);
+        let _ = sluice::headers::header_map(&headers);
     }
 }
 
@@ -104,7 +104,7 @@ pub fn verdict(v: Verdict) {
                     "outside permits: {}",
                     o.subject
                 );
-                let _ = sluice::sink::header_map(&o.headers);
+                let _ = sluice::headers::header_map(&o.headers);
             }
         }
         Outcome::DeadLetter { reason, .. } => assert!(!reason.is_empty(), "a reason"),

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sluice::Verdict;
-use sluice::pipeline::{Outcome, Pipeline, Stage};
+use sluice::message::FailureKind;
+use sluice::pipeline::Outcome;
 use sluice::subject::Template;
-use sluice::wasm::pool::{StageRunner, WorkerPool};
-use sluice::wasm::{FailureKind, Limits};
+use sluice::wasm::PluginLimits;
+use sluice::worker::pool::{StageRunner, WorkerPool};
+use sluice::worker::{Pipeline, Stage};
 
 use crate::support::{limits, load, msg, origin};
 
@@ -18,7 +20,7 @@ use crate::support::{limits, load, msg, origin};
 fn a_guest_that_loops_forever_is_stopped_by_the_deadline() {
     let plugin = load(
         "spin",
-        Limits {
+        PluginLimits {
             deadline: Duration::from_millis(50),
             ..limits()
         },
@@ -43,10 +45,10 @@ fn a_guest_that_loops_forever_is_stopped_by_the_deadline() {
 fn a_guest_that_allocates_without_bound_is_stopped_by_the_memory_limit() {
     let plugin = load(
         "hog",
-        Limits {
+        PluginLimits {
             memory: 16 << 20,
             deadline: Duration::from_secs(5),
-            ..Limits::default()
+            ..PluginLimits::default()
         },
     );
     let mut instance = plugin.instantiate("acme", &[]).unwrap();

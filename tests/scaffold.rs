@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sluice::cases::Cases;
-use sluice::wasm::{Limits, Runtime};
+use sluice::wasm::{PluginLimits, Runtime};
 
 use crate::support::{root, sluice};
 
@@ -118,10 +118,10 @@ fn scaffold_builds_and_runs(lang: &str) {
 
     // The scaffolded golden case, as the host runs it before a hot swap.
     let runtime = Runtime::new(Some(cache_home().join("sluice"))).unwrap();
-    let limits = Limits {
+    let limits = PluginLimits {
         deadline: Duration::from_secs(5),
         memory: 64 << 20,
-        ..Limits::default()
+        ..PluginLimits::default()
     };
     let plugin = runtime.load_file("demo", &wasm, limits).unwrap();
     let cases = Cases::load(&demo.join("demo.cases.json")).unwrap();

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use sluice::wasm::{Limits, Plugin, Runtime};
+use sluice::wasm::{Plugin, PluginLimits, Runtime};
 use sluice::{Message, Origin};
 
 /// The repository root (the root package's folder).
@@ -35,16 +35,16 @@ pub fn runtime() -> &'static Runtime {
 }
 
 /// Default plugin limits (100 ms, 64 MiB).
-pub fn limits() -> Limits {
-    Limits {
+pub fn limits() -> PluginLimits {
+    PluginLimits {
         deadline: Duration::from_millis(100),
         memory: 64 << 20,
-        ..Limits::default()
+        ..PluginLimits::default()
     }
 }
 
 /// Load a built plugin with the given limits.
-pub fn load(name: &str, limits: Limits) -> Arc<Plugin> {
+pub fn load(name: &str, limits: PluginLimits) -> Arc<Plugin> {
     runtime()
         .load_file(name, &plugin_path(name), limits)
         .unwrap()

@@ -436,7 +436,7 @@ const fn default_grace() -> Duration {
 }
 /// Covers the redelivery span of the default tenant settings (30 s ×
 /// 6 deliveries + 1 s + 5 s + 3 × 30 s of backoff = 4 min 36 s; see
-/// [`Limits::redelivery_span`]). JetStream's own default of 2 min does not.
+/// [`TenantLimits::redelivery_span`]). JetStream's own default of 2 min does not.
 const fn default_duplicate_window() -> Duration {
     Duration::from_secs(300)
 }
@@ -507,7 +507,7 @@ impl Default for TenantDefaults {
 
 /// A tenant's settings after defaults are applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
+pub struct TenantLimits {
     /// See [`TenantDefaults::max_in_flight`].
     pub max_in_flight: usize,
     /// See [`TenantDefaults::weight`].
@@ -526,7 +526,7 @@ pub struct Limits {
     pub max_retry_delay: Duration,
 }
 
-impl Limits {
+impl TenantLimits {
     /// The longest a message can take from its first delivery to its last
     /// redelivery: `ack_wait` for each of the server's `max_deliver + 1`
     /// deliveries, plus the backoff (capped by `max_retry_delay`) before
@@ -873,9 +873,9 @@ impl Config {
     }
 
     /// A tenant's limits after defaults; `None` gives the defaults alone.
-    pub fn limits(&self, tenant: Option<&TenantConfig>) -> Limits {
+    pub fn limits(&self, tenant: Option<&TenantConfig>) -> TenantLimits {
         let d = &self.defaults;
-        Limits {
+        TenantLimits {
             max_in_flight: tenant
                 .and_then(|t| t.max_in_flight)
                 .unwrap_or(d.max_in_flight),
@@ -1031,8 +1031,17 @@ pub fn cache_dir(config: Option<&Config>) -> Option<PathBuf> {
     match config.and_then(|c| c.wasm.cache_dir.clone()) {
         Some(dir) if dir.as_os_str().is_empty() => None,
         Some(dir) => config.map(|c| c.base_dir.join(dir)),
-        None => crate::wasm::Runtime::default_cache_dir(),
+        None => default_cache_dir(),
     }
+}
+
+/// The default on-disk cache folder: `$XDG_CACHE_HOME/sluice` or
+/// `~/.cache/sluice`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("sluice"))
 }
 
 /// Guests need at least one 64 KiB page; a deadline under a millisecond is
@@ -1094,7 +1103,11 @@ const MAX_DELIVER_LIMIT: u32 = 1_000_000;
 /// Longest ack_wait, backoff step or retry delay.
 const MAX_DURATION_LIMIT: Duration = Duration::from_secs(30 * 24 * 3600);
 
-fn check_tenant_limits(config: &Config, at: &str, limits: &Limits) -> Result<(), ConfigError> {
+fn check_tenant_limits(
+    config: &Config,
+    at: &str,
+    limits: &TenantLimits,
+) -> Result<(), ConfigError> {
     if limits.max_in_flight == 0 {
         return Err(config.error(format!("{at}.max_in_flight"), "must be at least 1"));
     }
@@ -1496,7 +1509,7 @@ mod tests {
         // 30 s × 6 + 1 s + 5 s + 30 s × 3.
         assert_eq!(defaults.redelivery_span(), Duration::from_secs(276));
         assert!(TenantDefaults::default().duplicate_window >= defaults.redelivery_span());
-        let capped = Limits {
+        let capped = TenantLimits {
             max_retry_delay: Duration::from_secs(2),
             ..defaults.clone()
         };
@@ -1504,7 +1517,7 @@ mod tests {
             capped.redelivery_span(),
             Duration::from_secs(180 + 1 + 2 + 2 * 3)
         );
-        let huge = Limits {
+        let huge = TenantLimits {
             ack_wait: Duration::MAX,
             max_deliver: u32::MAX,
             ..defaults

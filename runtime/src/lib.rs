@@ -21,20 +21,23 @@
 
 pub mod cases;
 pub mod config;
+pub mod headers;
+pub mod logging;
 pub mod message;
 pub mod nats_server;
 pub mod ops;
 pub mod ordering;
 pub mod pipeline;
-pub mod plugin;
+pub mod registry;
 pub mod service;
 pub mod sink;
-pub mod source;
+pub mod stats;
 pub mod subject;
-pub mod telemetry;
 pub mod tenant;
+pub mod topology;
 pub mod unreadable;
 pub mod wasm;
 pub mod watch;
+pub mod worker;
 
 pub use message::{Message, Origin, OutputCaps, Verdict};

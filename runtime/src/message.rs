@@ -142,6 +142,47 @@ impl Verdict {
     }
 }
 
+/// How a guest call failed. A value, not an error: the pipeline turns it into
+/// a retry, and the instance that failed is thrown away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFailure {
+    /// The kind, a bounded set for metrics.
+    pub kind: FailureKind,
+    /// What happened, for logs and dead-letter reasons.
+    pub message: String,
+}
+
+impl std::fmt::Display for GuestFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.message)
+    }
+}
+
+/// The kinds of [`GuestFailure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The call ran past its epoch deadline.
+    Deadline,
+    /// The guest tried to grow memory past its limit.
+    Memory,
+    /// Any other trap: panic, unreachable, out-of-bounds access…
+    Trap,
+    /// `init` refused the stage config on a fresh instance.
+    Init,
+}
+
+impl FailureKind {
+    /// Label value for metrics and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Deadline => "deadline",
+            FailureKind::Memory => "memory",
+            FailureKind::Trap => "trap",
+            FailureKind::Init => "init",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

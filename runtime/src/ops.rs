@@ -350,7 +350,7 @@ impl Collector for HostCollector {
             &mut encoder,
             "sluice_nats_client_restarts",
             "NATS connections replaced because their client stopped for good (it panicked on a message it could not parse).",
-            [(Vec::new(), crate::service::client_restarts())],
+            [(Vec::new(), crate::topology::client_restarts())],
         )?;
         counter_family(
             &mut encoder,

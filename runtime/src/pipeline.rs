@@ -5,40 +5,12 @@
 //! ack/nak/term.
 
 use std::borrow::Cow;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::headers::{MSG_ID_HEADER, PLUGIN_HEADER, TENANT_HEADER, host_owned, valid_header};
+use crate::message::GuestFailure;
 use crate::message::{Message, Origin, OutputCaps, Verdict};
 use crate::subject::{self, Template};
-use crate::wasm::{GuestFailure, Plugin};
-
-/// Header naming the tenant on every output; the host's word, not the guest's.
-pub const TENANT_HEADER: &str = "Sluice-Tenant";
-/// Header naming the plugin version (`name@digest`) that produced an output.
-pub const PLUGIN_HEADER: &str = "Sluice-Plugin";
-/// JetStream's de-duplication header; outputs get
-/// `<tenant>:<stream>:<seq>:<index>`.
-pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
-
-/// Headers the host owns on outputs: whatever a guest or producer put there
-/// is dropped before the host writes its own.
-pub(crate) fn host_owned(name: &str) -> bool {
-    let prefixed = |prefix: &str| {
-        name.get(..prefix.len())
-            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
-    };
-    prefixed("sluice-") || prefixed("nats-")
-}
-
-/// NATS headers travel as text lines: a name with `:` or whitespace, or a
-/// line break anywhere, would forge other headers. Guests are not trusted
-/// with that.
-fn valid_header(name: &str, value: &str) -> bool {
-    !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
-        && !value.bytes().any(|b| b == b'\r' || b == b'\n')
-}
 
 /// What the pipeline decided for one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -425,65 +397,10 @@ fn msg_id(origin: &Origin, index: usize) -> String {
     id
 }
 
-/// One stage: a plugin version with its config, belonging to one tenant's
-/// pipeline. Its `id` keys the live instances that serve it, so instances
-/// never cross tenants or versions.
-#[derive(Debug)]
-pub struct Stage {
-    /// Unique for the life of the process.
-    pub id: u64,
-    /// The plugin version.
-    pub plugin: Arc<Plugin>,
-    /// Passed to `init`.
-    pub config: Vec<(String, String)>,
-}
-
-impl Stage {
-    /// A stage with a fresh id.
-    pub fn new(plugin: Arc<Plugin>, config: Vec<(String, String)>) -> Arc<Self> {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        Arc::new(Stage {
-            id: NEXT.fetch_add(1, Ordering::Relaxed),
-            plugin,
-            config,
-        })
-    }
-}
-
-/// A tenant's pipeline: the chain's rules and the stages that feed it.
-#[derive(Debug)]
-pub struct Pipeline {
-    /// The verdict rules.
-    pub chain: Chain,
-    /// The stages, in order.
-    pub stages: Vec<Arc<Stage>>,
-}
-
-impl Pipeline {
-    /// Build from stages; labels come from the plugin versions.
-    pub fn new(
-        tenant: &str,
-        output: Template,
-        permits: Vec<String>,
-        stages: Vec<Arc<Stage>>,
-    ) -> Self {
-        Pipeline {
-            chain: Chain {
-                tenant: tenant.to_owned(),
-                output,
-                permits,
-                labels: stages.iter().map(|s| s.plugin.label().to_owned()).collect(),
-                caps: stages.iter().map(|s| s.plugin.limits().outputs).collect(),
-            },
-            stages,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wasm::FailureKind;
+    use crate::message::FailureKind;
 
     fn chain(stages: usize) -> Chain {
         Chain {

@@ -10,32 +10,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind};
 use futures::future::join_all;
 
+use crate::headers::{
+    DELIVERED_HEADER, MSG_ID_HEADER, PLUGIN_HEADER, REASON_HEADER, SOURCE_HEADER_PREFIX,
+    SOURCE_HEADERS_HEADER, SOURCE_SEQ_HEADER, SOURCE_STREAM_HEADER, SOURCE_SUBJECT_HEADER,
+    TENANT_HEADER, TRUNCATED_HEADER, header_bytes, header_map, host_owned,
+};
 use crate::message::{Message, Origin};
-use crate::pipeline::{MSG_ID_HEADER, Outcome, PLUGIN_HEADER, TENANT_HEADER, host_owned};
-use crate::telemetry::TenantStats;
-
-/// Why the message was dead-lettered.
-pub const REASON_HEADER: &str = "Sluice-Reason";
-/// The stream the source came from.
-pub const SOURCE_STREAM_HEADER: &str = "Sluice-Source-Stream";
-/// The source's stream sequence.
-pub const SOURCE_SEQ_HEADER: &str = "Sluice-Source-Seq";
-/// The source's subject.
-pub const SOURCE_SUBJECT_HEADER: &str = "Sluice-Source-Subject";
-/// How many deliveries the source had.
-pub const DELIVERED_HEADER: &str = "Sluice-Delivered";
-/// Set on a dead letter whose payload was cut to fit the server's
-/// `max_payload`: the original payload's length in bytes.
-pub const TRUNCATED_HEADER: &str = "Sluice-Truncated";
-/// A producer's `Nats-*` header is kept on a dead letter under this prefix
-/// (`Nats-TTL` → `Sluice-Source-Nats-TTL`): as itself it would be an
-/// instruction to the dead-letter stream (an expected sequence that never
-/// matches, a TTL, a rollup that purges earlier dead letters).
-pub const SOURCE_HEADER_PREFIX: &str = "Sluice-Source-";
+use crate::pipeline::Outcome;
+use crate::stats::TenantStats;
 
 /// Room left in a dead letter for the protocol's own framing (the `HPUB`
 /// line's sizes, `NATS/1.0`, line ends) beyond the headers counted.
@@ -130,7 +115,7 @@ impl Sink {
             .saturating_mul(PUBLISH_WINDOW)
             .clamp(PUBLISH_WINDOW, tokio::sync::Semaphore::MAX_PERMITS);
         let js = jetstream::ContextBuilder::new()
-            .timeout(crate::source::API_TIMEOUT)
+            .timeout(crate::topology::API_TIMEOUT)
             .max_ack_inflight(inflight)
             .build(client);
         Sink {
@@ -306,7 +291,7 @@ impl Sink {
     /// Dead-letter a stored message the client cannot read (found by a
     /// sweep, see [`crate::unreadable`]); returns once it is stored.
     pub async fn dead_letter_unreadable(&self, found: &crate::unreadable::Found, stream: &str) {
-        use crate::unreadable::{MAX_HEADER_COPY, SOURCE_HEADERS_HEADER, escape, parse_headers};
+        use crate::unreadable::{MAX_HEADER_COPY, escape, parse_headers};
         let tenant = &*self.tenant;
         let m = &found.stored;
         let origin = Origin {
@@ -579,11 +564,6 @@ impl std::fmt::Display for Unstored {
     }
 }
 
-/// Bytes `headers` take on the wire: `Name: value\r\n` each.
-fn header_bytes(headers: &[(String, String)]) -> usize {
-    headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum()
-}
-
 /// The payload a dead letter can carry within the server's `max_payload`
 /// (headers count against it too). A dead letter too big to store would
 /// fail on every delivery and be lost after the last: so the producer's
@@ -620,35 +600,13 @@ fn fit_dead_letter(
 /// Microseconds from `us` (Unix epoch microseconds) to now; 0 if the
 /// clocks disagree.
 fn micros_since(us: u64) -> u64 {
-    crate::telemetry::now_micros().saturating_sub(us)
-}
-
-/// Our header list as a NATS header map.
-pub fn header_map(headers: &[(String, String)]) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for (k, v) in headers {
-        map.append(k.as_str(), v.as_str());
-    }
-    map
-}
-
-/// A NATS header map as our header list.
-pub fn header_list(map: Option<&HeaderMap>) -> Vec<(String, String)> {
-    let Some(map) = map else { return Vec::new() };
-    let mut out = Vec::new();
-    for (name, values) in map.iter() {
-        let name: &str = name.as_ref();
-        for v in values {
-            out.push((name.to_owned(), v.as_str().to_owned()));
-        }
-    }
-    out
+    crate::stats::now_micros().saturating_sub(us)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wasm::{FailureKind, GuestFailure};
+    use crate::message::{FailureKind, GuestFailure};
 
     fn host_headers() -> Vec<(String, String)> {
         vec![

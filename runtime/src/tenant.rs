@@ -20,17 +20,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use crate::config::Limits;
+use crate::config::TenantLimits;
 use crate::message::{Message, Origin};
-use crate::pipeline::Pipeline;
 use crate::sink::{self, Sink};
-use crate::telemetry::TenantStats;
-use crate::wasm::fair::Share;
+use crate::stats::TenantStats;
+use crate::worker::Pipeline;
+use crate::worker::fair::Share;
 
 mod ordered;
 pub(crate) mod pinned;
 mod pull;
-use crate::wasm::pool::{Ran, WorkerPool};
+use crate::worker::pool::{Ran, WorkerPool};
 use ordered::{Admitted, Lane, Ordered};
 
 /// How often an ordered tenant that is recovering asks for the consumer's
@@ -80,7 +80,7 @@ pub struct Tenant {
     /// The current pipeline; replaced atomically on a plugin swap.
     pub pipeline: ArcSwap<Pipeline>,
     /// Its limits.
-    pub limits: Limits,
+    pub limits: TenantLimits,
     /// Counters.
     pub stats: Arc<TenantStats>,
     permits: Arc<Semaphore>,
@@ -105,7 +105,7 @@ impl Tenant {
     pub fn new(
         id: &str,
         pipeline: Pipeline,
-        limits: Limits,
+        limits: TenantLimits,
         dead_letter: String,
         pool: Arc<WorkerPool>,
         js: jetstream::Context,
@@ -363,7 +363,7 @@ impl Tenant {
             };
             let source = Arc::new(Message {
                 subject: msg.subject.to_string(),
-                headers: sink::header_list(msg.headers.as_ref()),
+                headers: crate::headers::header_list(msg.headers.as_ref()),
                 payload: msg.payload.clone(),
             });
             items.push((origin, source));

@@ -33,9 +33,6 @@ use serde::{Deserialize, Serialize};
 const MAX_SWEEP: u64 = 100_000;
 /// Most bytes of a raw header block copied (escaped) into a dead letter.
 pub const MAX_HEADER_COPY: usize = 4096;
-/// The dead letter's header that carries the raw, escaped header block of
-/// a message whose headers could not be read.
-pub const SOURCE_HEADERS_HEADER: &str = "Sluice-Source-Headers";
 
 /// A stored message, read from the server's side.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use sluice::config::Config;
-use sluice::plugin::Registry;
+use sluice::registry::Registry;
 use sluice::wasm::Runtime;
 
 pub fn run(path: &Path) -> anyhow::Result<()> {

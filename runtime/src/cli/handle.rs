@@ -13,11 +13,12 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use sluice::config::{self, Config};
+use sluice::message::GuestFailure;
 use sluice::message::{Message, Origin, Verdict};
 use sluice::pipeline::Outcome;
-use sluice::plugin::Registry;
-use sluice::wasm::pool::StageRunner;
-use sluice::wasm::{GuestFailure, Limits, Runtime, WasmError};
+use sluice::registry::Registry;
+use sluice::wasm::{PluginLimits, Runtime, WasmError};
+use sluice::worker::pool::StageRunner;
 
 /// Arguments of `sluice handle`.
 #[derive(Debug, clap::Args)]
@@ -97,10 +98,10 @@ pub fn run(args: HandleArgs) -> anyhow::Result<()> {
             .unwrap_or("plugin")
             .to_owned();
         let runtime = Runtime::new(sluice::config::cache_dir(None))?;
-        let limits = Limits {
+        let limits = PluginLimits {
             deadline: args.deadline,
             memory: args.memory,
-            ..Limits::default()
+            ..PluginLimits::default()
         };
         let plugin = runtime.load_file(&name, path, limits)?;
         let origin = origin(&args, &tenant, published_us);

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use sluice::telemetry::{self, LogFormat};
+use sluice::logging;
 
 /// Sluice: sandboxed WebAssembly handlers for NATS JetStream.
 #[derive(Debug, Parser)]
@@ -23,6 +23,25 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written (the library's [`logging::LogFormat`], as a
+/// command-line value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl From<LogFormat> for logging::LogFormat {
+    fn from(format: LogFormat) -> Self {
+        match format {
+            LogFormat::Text => logging::LogFormat::Text,
+            LogFormat::Json => logging::LogFormat::Json,
+        }
+    }
 }
 
 /// The subcommands.
@@ -74,32 +93,32 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Check { config } => {
-            telemetry::init(cli.log_format, "warn");
+            logging::init(cli.log_format.into(), "warn");
             check::run(&config)
         }
         Command::Handle(args) => {
-            telemetry::init(cli.log_format, "warn");
+            logging::init(cli.log_format.into(), "warn");
             handle::run(args)
         }
         Command::Run {
             config,
             metrics_addr,
         } => {
-            telemetry::init(cli.log_format, "info");
+            logging::init(cli.log_format.into(), "info");
             tokio_runtime()?.block_on(run::run(&config, metrics_addr))
         }
         Command::Provision { config, verify } => {
-            telemetry::init(cli.log_format, "warn");
+            logging::init(cli.log_format.into(), "warn");
             tokio_runtime()?.block_on(run::provision(&config, verify))
         }
         Command::Dev(args) => {
-            telemetry::init(cli.log_format, "warn");
+            logging::init(cli.log_format.into(), "warn");
             tokio_runtime()?.block_on(dev::run(args))
         }
         Command::New(args) => new::new(args),
         Command::Build(args) => new::build(args),
         Command::Bench(args) => {
-            telemetry::init(cli.log_format, "warn");
+            logging::init(cli.log_format.into(), "warn");
             tokio_runtime()?.block_on(bench::run(args))
         }
     }

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 
 use sluice::config::Config;
 use sluice::service::Service;
-use sluice::source::{self, Connections, Report};
+use sluice::topology::{self, Connections, Report};
 
 /// Run until SIGINT or SIGTERM, then shut down gracefully.
 pub async fn run(path: &Path, metrics_addr: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
@@ -40,16 +40,16 @@ pub async fn shutdown_signal() -> anyhow::Result<()> {
 /// missing (with `verify`) or cannot be created.
 pub async fn provision(path: &Path, verify: bool) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    let mut connections = Connections::default();
+    let connections = Connections::default();
     let mut problems = Vec::new();
     for (id, tenant) in &config.tenants {
         let (client, _) = connections
-            .get(source::tenant_nats(&config, tenant), &config.base_dir)
+            .get(topology::tenant_nats(&config, tenant), &config.base_dir)
             .await
             .with_context(|| format!("tenant `{id}`: connecting to NATS"))?;
-        let js = source::jetstream(client);
+        let js = topology::jetstream(client);
         let mut report = Report::default();
-        let result = source::ensure_tenant(&js, &config, id, tenant, !verify, &mut report).await;
+        let result = topology::ensure_tenant(&js, &config, id, tenant, !verify, &mut report).await;
         for created in &report.created {
             println!("{id}: created {created}");
         }
@@ -66,7 +66,7 @@ pub async fn provision(path: &Path, verify: bool) -> anyhow::Result<()> {
                 let e = anyhow::Error::from(e);
                 println!("{id}: {e:#}");
                 let servers =
-                    source::redacted_servers(&source::tenant_nats(&config, tenant).servers);
+                    topology::redacted_servers(&topology::tenant_nats(&config, tenant).servers);
                 if unreachable {
                     problems.push(format!(
                         "tenant `{id}`: {e:#} (is NATS at {servers} reachable?)"

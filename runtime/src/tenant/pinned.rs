@@ -18,8 +18,7 @@ use async_nats::jetstream::{self, consumer::PullConsumer};
 use async_nats::{StatusCode, Subscriber};
 use futures::{FutureExt as _, Stream, StreamExt as _};
 
-/// The one priority group of an exclusive tenant's consumer.
-pub(crate) const GROUP: &str = "sluice";
+use crate::topology::PIN_GROUP as GROUP;
 
 /// The pin id this host holds for a tenant, if any.
 #[derive(Default)]

@@ -7,8 +7,6 @@
 
 mod bindings;
 mod cache;
-pub mod fair;
-pub mod pool;
 mod sandbox;
 /// The packed batch format; public for the property tests and fuzz targets.
 pub mod wire;
@@ -25,7 +23,7 @@ use wasmtime::component::types::{ComponentItem, Type};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, Trap};
 
-use crate::message::{Message, Origin, OutputCaps, Verdict};
+use crate::message::{FailureKind, GuestFailure, Message, Origin, OutputCaps, Verdict};
 use bindings::batch::{BatchHandler, BatchHandlerPre};
 use bindings::{Handler, HandlerPre};
 use sandbox::HostState;
@@ -102,50 +100,9 @@ pub enum WasmError {
     },
 }
 
-/// How a guest call failed. A value, not an error: the pipeline turns it into
-/// a retry, and the instance that failed is thrown away.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GuestFailure {
-    /// The kind, a bounded set for metrics.
-    pub kind: FailureKind,
-    /// What happened, for logs and dead-letter reasons.
-    pub message: String,
-}
-
-impl std::fmt::Display for GuestFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.kind.as_str(), self.message)
-    }
-}
-
-/// The kinds of [`GuestFailure`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FailureKind {
-    /// The call ran past its epoch deadline.
-    Deadline,
-    /// The guest tried to grow memory past its limit.
-    Memory,
-    /// Any other trap: panic, unreachable, out-of-bounds access…
-    Trap,
-    /// `init` refused the stage config on a fresh instance.
-    Init,
-}
-
-impl FailureKind {
-    /// Label value for metrics and JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureKind::Deadline => "deadline",
-            FailureKind::Memory => "memory",
-            FailureKind::Trap => "trap",
-            FailureKind::Init => "init",
-        }
-    }
-}
-
 /// Per-plugin resource limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub struct PluginLimits {
     /// Wall-clock budget of one call (and of instantiation plus `init`).
     pub deadline: Duration,
     /// Linear-memory limit in bytes.
@@ -157,10 +114,10 @@ pub struct Limits {
     pub log_lines_per_second: u32,
 }
 
-impl Default for Limits {
+impl Default for PluginLimits {
     /// The config's defaults for `[plugins]`.
     fn default() -> Self {
-        Limits {
+        PluginLimits {
             deadline: crate::config::DEFAULT_DEADLINE,
             memory: crate::config::DEFAULT_MEMORY,
             outputs: OutputCaps::default(),
@@ -176,7 +133,7 @@ pub struct Plugin {
     name: Arc<str>,
     digest: String,
     label: Arc<str>,
-    limits: Limits,
+    limits: PluginLimits,
     pre: Pre,
     engine: Engine,
 }
@@ -221,7 +178,7 @@ impl Plugin {
     }
 
     /// Its limits.
-    pub fn limits(&self) -> Limits {
+    pub fn limits(&self) -> PluginLimits {
         self.limits
     }
 
@@ -518,15 +475,6 @@ impl Runtime {
         })
     }
 
-    /// The default on-disk cache folder: `$XDG_CACHE_HOME/sluice` or
-    /// `~/.cache/sluice`.
-    pub fn default_cache_dir() -> Option<PathBuf> {
-        std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .map(|d| d.join("sluice"))
-    }
-
     /// How many compiled versions the cache holds: (in memory, on disk).
     pub fn cached(&self) -> (usize, usize) {
         self.cache.counts()
@@ -537,7 +485,7 @@ impl Runtime {
         &self,
         name: &str,
         path: &Path,
-        limits: Limits,
+        limits: PluginLimits,
     ) -> Result<Arc<Plugin>, WasmError> {
         let bytes = std::fs::read(path).map_err(|source| WasmError::Read {
             plugin: name.to_owned(),
@@ -552,7 +500,12 @@ impl Runtime {
     /// world and import nothing the sandbox does not offer. One that also
     /// exports the `batch` interface (the `batch-handler` world) gets its
     /// messages in batches.
-    pub fn load(&self, name: &str, bytes: &[u8], limits: Limits) -> Result<Arc<Plugin>, WasmError> {
+    pub fn load(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        limits: PluginLimits,
+    ) -> Result<Arc<Plugin>, WasmError> {
         let digest = hex(&Sha256::digest(bytes));
         let component = self
             .cache

@@ -43,7 +43,7 @@ pub struct HostState {
 
 impl HostState {
     /// A locked-down state for one instance of `plugin` serving `tenant`.
-    pub fn new(tenant: Arc<str>, plugin: Arc<str>, limits: &super::Limits) -> Self {
+    pub fn new(tenant: Arc<str>, plugin: Arc<str>, limits: &super::PluginLimits) -> Self {
         let memory_limit = limits.memory;
         let log = LogBudget::new(limits.log_lines_per_second, tenant.clone(), plugin.clone());
         let mut wasi = WasiCtxBuilder::new();

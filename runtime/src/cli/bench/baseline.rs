@@ -12,7 +12,7 @@ use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use sluice::telemetry::{TenantStats, now_micros};
+use sluice::stats::{TenantStats, now_micros};
 
 use super::BenchArgs;
 use super::load::{Input, preload, publish_apart};

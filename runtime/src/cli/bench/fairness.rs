@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use sluice::config::Config;
 use sluice::service::Service;
-use sluice::telemetry::{TenantStats, now_micros};
+use sluice::stats::{TenantStats, now_micros};
 
 use super::BenchArgs;
 use super::load::{Input, delete_streams, publish_apart, sample_payload};
@@ -125,7 +125,7 @@ pub(super) async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     let client = async_nats::connect(&url)
         .await
         .with_context(|| format!("connecting to {url}"))?;
-    let js = sluice::source::jetstream(client);
+    let js = sluice::topology::jetstream(client);
     let run_id = format!("{:x}", now_micros() % 0xffff_ffff);
     let plugins = reference_plugins(&args)?;
     let mut text = config_head(&url, plugins.path(), args.max_in_flight);
@@ -142,8 +142,8 @@ pub(super) async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     let config = Config::parse(&text, std::path::Path::new("bench-fairness.toml"))?;
     let ack_wait = config.limits(None).ack_wait;
     for (id, tenant) in &config.tenants {
-        let mut report = sluice::source::Report::default();
-        sluice::source::ensure_tenant(&js, &config, id, tenant, true, &mut report)
+        let mut report = sluice::topology::Report::default();
+        sluice::topology::ensure_tenant(&js, &config, id, tenant, true, &mut report)
             .await
             .with_context(|| format!("provisioning bench tenant {id}"))?;
     }

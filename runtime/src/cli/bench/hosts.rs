@@ -27,7 +27,7 @@ use futures::StreamExt as _;
 use serde::Serialize;
 
 use sluice::config::Config;
-use sluice::telemetry::now_micros;
+use sluice::stats::now_micros;
 
 use super::BenchArgs;
 use super::child::Host;
@@ -120,7 +120,7 @@ pub(super) async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     let client = async_nats::connect(&url)
         .await
         .with_context(|| format!("connecting to {url}"))?;
-    let js = sluice::source::jetstream(client);
+    let js = sluice::topology::jetstream(client);
     let plugins = reference_plugins(&args)?;
     let dir = tempfile::Builder::new()
         .prefix("sluice-bench-hosts-")
@@ -217,8 +217,8 @@ async fn measured(
         ..
     } = *bench;
     for (id, tenant) in &config.tenants {
-        let mut report = sluice::source::Report::default();
-        sluice::source::ensure_tenant(js, config, id, tenant, true, &mut report)
+        let mut report = sluice::topology::Report::default();
+        sluice::topology::ensure_tenant(js, config, id, tenant, true, &mut report)
             .await
             .with_context(|| format!("provisioning bench tenant {id}"))?;
     }

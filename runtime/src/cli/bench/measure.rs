@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use sluice::telemetry::{StatsSnapshot, TenantStats};
+use sluice::stats::{StatsSnapshot, TenantStats};
 
 use super::report::SystemResult;
 

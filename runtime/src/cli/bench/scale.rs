@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use sluice::config::Config;
 use sluice::service::Service;
-use sluice::telemetry::{TenantStats, now_micros};
+use sluice::stats::{TenantStats, now_micros};
 
 use super::BenchArgs;
 use super::load::{Input, delete_streams, preload, sample_payload};
@@ -186,7 +186,7 @@ dead_letter_stream = "SCALE_DLQ"
             }
             .with_context(|| format!("connecting to {url} for tenant {id}"))?;
             accounts.push(Account {
-                js: sluice::source::jetstream(client),
+                js: sluice::topology::jetstream(client),
                 inputs: Vec::new(),
             });
         }
@@ -383,8 +383,8 @@ async fn provision(accounts: &[Account], owners: &Owners, config: &Config) -> an
     let bar = progress(config.tenants.len() as u64, "consumers");
     let mut results = futures::stream::iter(jobs)
         .map(|(id, tenant, js)| async move {
-            let mut report = sluice::source::Report::default();
-            sluice::source::ensure_tenant(&js, config, id, tenant, true, &mut report)
+            let mut report = sluice::topology::Report::default();
+            sluice::topology::ensure_tenant(&js, config, id, tenant, true, &mut report)
                 .await
                 .with_context(|| format!("provisioning tenant {id}"))
         })

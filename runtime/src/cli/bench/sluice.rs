@@ -134,8 +134,8 @@ pub(super) async fn run_sluice(
     // Provision and load before the host starts, as for the baseline, so
     // both are timed on a full backlog from their first pull.
     for (id, tenant) in &config.tenants {
-        let mut report = sluice::source::Report::default();
-        sluice::source::ensure_tenant(js, &config, id, tenant, true, &mut report)
+        let mut report = sluice::topology::Report::default();
+        sluice::topology::ensure_tenant(js, &config, id, tenant, true, &mut report)
             .await
             .with_context(|| format!("provisioning bench tenant {id}"))?;
     }

@@ -4,7 +4,7 @@
 use anyhow::{Context as _, bail};
 use async_nats::jetstream;
 
-use sluice::telemetry::now_micros;
+use sluice::stats::now_micros;
 
 use super::BenchArgs;
 use super::baseline::{BaselineSetup, run_baseline};
@@ -22,7 +22,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     let client = async_nats::connect(&url)
         .await
         .with_context(|| format!("connecting to {url}"))?;
-    let js = sluice::source::jetstream(client.clone());
+    let js = sluice::topology::jetstream(client.clone());
     let bench_id = format!("{:x}", now_micros() % 0xffff_ffff);
     let payload = sample_payload(args.payload_bytes);
 

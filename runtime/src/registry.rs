@@ -17,9 +17,9 @@ use anyhow::Context as _;
 
 use crate::cases::Cases;
 use crate::config::{self, Config, TenantConfig};
-use crate::pipeline::{Pipeline, Stage};
 use crate::subject::Template;
-use crate::wasm::{Limits, Plugin, Runtime};
+use crate::wasm::{Plugin, PluginLimits, Runtime};
+use crate::worker::{Pipeline, Stage};
 
 /// Plugins by name, with their current version.
 pub struct Registry {
@@ -121,7 +121,7 @@ impl Registry {
         &self,
         name: &str,
         bytes: &[u8],
-        limits: Limits,
+        limits: PluginLimits,
         cases: Option<&Path>,
     ) -> Result<Arc<Plugin>, SwapError> {
         let plugin = self.runtime.load(name, bytes, limits)?;
@@ -190,9 +190,9 @@ impl Registry {
 }
 
 /// The wasm limits of a plugin spec.
-pub fn limits_of(spec: &config::PluginSpec) -> Limits {
+pub fn limits_of(spec: &config::PluginSpec) -> PluginLimits {
     let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-    Limits {
+    PluginLimits {
         deadline: spec.deadline,
         memory: spec.memory,
         outputs: crate::message::OutputCaps {

@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::fair::{FairQueue, Share};
-use super::{FailureKind, GuestFailure, GuestInstance, GuestOrigin, WasmError};
-use crate::message::{Message, Origin, Verdict};
-use crate::pipeline::{Outcome, Pipeline, Stage};
+use super::{Pipeline, Stage};
+use crate::message::{FailureKind, GuestFailure, Message, Origin, Verdict};
+use crate::pipeline::Outcome;
+use crate::wasm::{GuestInstance, GuestOrigin, WasmError};
 
 /// After this many calls a worker drops instances whose stage is gone (a
 /// tenant removed, a plugin swapped). Sweeping is a map scan; 4096 calls
@@ -239,7 +240,7 @@ impl StageRunner {
         {
             tracing::warn!(
                 tenant = %pipeline.chain.tenant,
-                plugin = %pipeline.stages[i].plugin.label,
+                plugin = %pipeline.stages[i].plugin.label(),
                 messages = undecided,
                 %failure,
                 "a batch call failed; running its messages one at a time"
