@@ -107,6 +107,28 @@ fn every_language_passes_the_golden_cases() {
     );
 }
 
+/// The golden-case format's edge cases: every language's `mirror` through
+/// the host. The SDK's, the Python and the JavaScript runners run the same
+/// file natively (`scripts/build-plugins --check`), so a case the host reads
+/// otherwise than they do fails here or there.
+#[test]
+fn every_language_passes_the_format_edge_cases() {
+    let file = root().join("plugins/testing/mirror/cases.json");
+    let cases = Cases::load(&file).unwrap();
+    let mut report = Vec::new();
+    for language in LANGUAGES {
+        let build = format!("mirror{}", language.suffix);
+        for failure in cases.run(&load(&build, limits(language.memory_mib))) {
+            report.push(format!("{} {build}: {failure}", language.name));
+        }
+    }
+    assert!(
+        report.is_empty(),
+        "edge cases failed:\n{}",
+        report.join("\n")
+    );
+}
+
 #[test]
 fn every_language_gives_the_same_verdicts() {
     let mut report = Vec::new();

@@ -3,6 +3,12 @@
 //! `NAME.cases.json` must pass them before it is swapped in, and every
 //! language version of a reference plugin must pass the same file.
 //!
+//! The format is specified once, in docs/plugins.md ("The golden-case
+//! format"); this runner, the Rust SDK's (`guest-sdk/src/cases.rs`) and the
+//! Python and JavaScript ones (`plugins/python/run_cases.py`,
+//! `plugins/js/run_cases.mjs`) implement it alike, and all four run
+//! `plugins/testing/mirror/cases.json`, which exercises its corners:
+//!
 //! ```json
 //! {"cases": [{
 //!   "name": "renames a field",
@@ -13,18 +19,25 @@
 //! }]}
 //! ```
 //!
-//! Payloads are `payload_json` (serialised compactly on input, compared
-//! structurally), `payload` (UTF-8, exact) or `payload_base64`. Expectations:
-//! `next` + `message`, `publish` + `messages`, `ack`, `dead-letter` (+
-//! `reason_contains`), `retry` (+ `delay_ms`).
+//! In short: a case has `name` (unique), `config` (string values, passed in
+//! file order), `origin` (`tenant`, `stream`, `stream_seq`, `delivered`,
+//! `published_ms`), `input` and `expect`. A message has `subject`,
+//! `headers` (`[name, value]` pairs, order and repeats significant) and at
+//! most one of `payload` (UTF-8 text), `payload_json` (written compactly in
+//! file order on input, compared structurally on output) and
+//! `payload_base64` (padded, canonical); none means an empty payload, on
+//! input and in an expectation alike. `expect` is `next` + `message`,
+//! `publish` + `messages`, `ack`, `dead-letter` (+ `reason_contains`) or
+//! `retry` (+ `delay_ms`). Every other key is an error that names the case
+//! and the key, and the whole file is refused before any case runs.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use serde::Deserialize;
-use serde_json::Value;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+use serde_json::{Number, Value};
 
 use crate::message::{Message, Origin, Verdict};
 use crate::wasm::{Plugin, WasmError};
@@ -41,7 +54,7 @@ pub enum CasesError {
         #[source]
         source: std::io::Error,
     },
-    /// Not the expected JSON shape.
+    /// Not JSON.
     #[error("{} is not a valid cases file", path.display())]
     Parse {
         /// The file.
@@ -50,45 +63,159 @@ pub enum CasesError {
         #[source]
         source: serde_json::Error,
     },
+    /// JSON, but not the golden-case format.
+    #[error("{}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong, naming the case and the key.
+        message: String,
+    },
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CasesFile {
-    cases: Vec<Case>,
+/// JSON with object members in the file's order. The host's serde_json
+/// sorts object keys, and an input `payload_json` must reach the plugin in
+/// the order the case wrote it, as the other runners send it.
+#[derive(Debug, Clone)]
+enum Json {
+    Null,
+    Bool(bool),
+    Number(Number),
+    String(String),
+    Array(Vec<Json>),
+    Object(Vec<(String, Json)>),
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Json, D::Error> {
+        struct JsonVisitor;
+
+        impl<'de> Visitor<'de> for JsonVisitor {
+            type Value = Json;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_unit<E>(self) -> Result<Json, E> {
+                Ok(Json::Null)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Json, E> {
+                Ok(Json::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Json, E> {
+                Ok(Json::Number(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Json, E> {
+                Ok(Json::Number(v.into()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Json, E> {
+                Number::from_f64(v)
+                    .map(Json::Number)
+                    .ok_or_else(|| E::custom("number out of range"))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Json, E> {
+                Ok(Json::String(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Json, E> {
+                Ok(Json::String(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Json::Array(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Json::Object(members))
+            }
+        }
+
+        deserializer.deserialize_any(JsonVisitor)
+    }
+}
+
+impl Serialize for Json {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Json::Null => serializer.serialize_unit(),
+            Json::Bool(b) => serializer.serialize_bool(*b),
+            Json::Number(n) => n.serialize(serializer),
+            Json::String(s) => serializer.serialize_str(s),
+            Json::Array(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(item)?;
+                }
+                seq.end()
+            }
+            Json::Object(members) => {
+                let mut map = serializer.serialize_map(Some(members.len()))?;
+                for (k, v) in members {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+impl Json {
+    /// As serde_json reads the same text: a repeated key keeps its last
+    /// value.
+    fn to_value(&self) -> Value {
+        match self {
+            Json::Null => Value::Null,
+            Json::Bool(b) => Value::Bool(*b),
+            Json::Number(n) => Value::Number(n.clone()),
+            Json::String(s) => Value::String(s.clone()),
+            Json::Array(items) => Value::Array(items.iter().map(Json::to_value).collect()),
+            Json::Object(members) => Value::Object(
+                members
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_value()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// What an expected message's payload must be.
+#[derive(Debug)]
+enum PayloadWant {
+    /// These bytes exactly (`payload`, `payload_base64`, or none: empty).
+    Bytes(Vec<u8>),
+    /// JSON equal to this one (`payload_json`).
+    Json(Value),
+}
+
+#[derive(Debug)]
+struct MessageWant {
+    subject: String,
+    headers: Vec<(String, String)>,
+    payload: PayloadWant,
+}
+
+#[derive(Debug)]
+enum Expect {
+    Next(MessageWant),
+    Publish(Vec<MessageWant>),
+    Ack,
+    DeadLetter(Option<String>),
+    Retry(Option<u32>),
+}
+
+#[derive(Debug)]
 struct Case {
     name: String,
-    #[serde(default)]
-    config: BTreeMap<String, String>,
-    #[serde(default)]
-    origin: OriginSpec,
-    input: MessageSpec,
-    expect: Value,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct OriginSpec {
-    tenant: Option<String>,
-    stream: Option<String>,
-    stream_seq: Option<u64>,
-    delivered: Option<u32>,
-    published_ms: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MessageSpec {
-    subject: String,
-    #[serde(default)]
-    headers: Vec<(String, String)>,
-    payload: Option<String>,
-    payload_json: Option<Value>,
-    payload_base64: Option<String>,
+    config: Vec<(String, String)>,
+    origin: Origin,
+    input: Message,
+    expect: Expect,
 }
 
 /// The cases of a file, parsed.
@@ -108,11 +235,15 @@ impl Cases {
 
     /// Parse cases text; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Cases, CasesError> {
-        let file: CasesFile = serde_json::from_str(text).map_err(|source| CasesError::Parse {
+        let json: Json = serde_json::from_str(text).map_err(|source| CasesError::Parse {
             path: path.to_owned(),
             source,
         })?;
-        Ok(Cases { cases: file.cases })
+        let cases = cases_of(&json).map_err(|message| CasesError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(Cases { cases })
     }
 
     /// How many cases there are.
@@ -120,7 +251,7 @@ impl Cases {
         self.cases.len()
     }
 
-    /// Whether there are none.
+    /// Whether there are none (a parsed file always has some).
     pub fn is_empty(&self) -> bool {
         self.cases.is_empty()
     }
@@ -134,28 +265,322 @@ impl Cases {
             .filter_map(|case| {
                 run_case(plugin, case)
                     .err()
-                    .map(|e| format!("case `{}`: {e}", case.name))
+                    .map(|e| format!("case \"{}\": {e}", case.name))
             })
             .collect()
     }
 }
 
-fn run_case(plugin: &Arc<Plugin>, case: &Case) -> Result<(), String> {
-    let origin = Origin {
-        tenant: case.origin.tenant.clone().unwrap_or_else(|| "acme".into()),
-        stream: case.origin.stream.clone().unwrap_or_else(|| "IN".into()),
-        stream_seq: case.origin.stream_seq.unwrap_or(1),
-        delivered: case.origin.delivered.unwrap_or(1),
-        published_us: case.origin.published_ms.unwrap_or(0).saturating_mul(1000),
+// --- reading the format ---------------------------------------------------
+
+const CASE_KEYS: &[&str] = &["name", "config", "origin", "input", "expect"];
+const ORIGIN_KEYS: &[&str] = &[
+    "tenant",
+    "stream",
+    "stream_seq",
+    "delivered",
+    "published_ms",
+];
+const MESSAGE_KEYS: &[&str] = &[
+    "subject",
+    "headers",
+    "payload",
+    "payload_json",
+    "payload_base64",
+];
+const PAYLOAD_KEYS: &[&str] = &["payload", "payload_json", "payload_base64"];
+const VERDICTS: &[&str] = &["next", "publish", "ack", "dead-letter", "retry"];
+
+type Members = [(String, Json)];
+
+/// `where` and a message, as every error reads: `input: missing key
+/// "subject"`; at a case's top level, just the message.
+fn at(place: &str, what: impl std::fmt::Display) -> String {
+    if place.is_empty() {
+        what.to_string()
+    } else {
+        format!("{place}: {what}")
+    }
+}
+
+fn object<'a>(value: &'a Json, place: &str, what: &str) -> Result<&'a Members, String> {
+    match value {
+        Json::Object(members) => Ok(members),
+        _ => Err(at(place, format!("{what} is not an object"))),
+    }
+}
+
+/// Refuse the first key not in `allowed`.
+fn known_keys(members: &Members, allowed: &[&str], place: &str) -> Result<(), String> {
+    match members.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+        Some((key, _)) => Err(at(
+            place,
+            format!(
+                "unknown key \"{key}\" (expected one of: {})",
+                allowed.join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn get<'a>(members: &'a Members, key: &str) -> Option<&'a Json> {
+    members.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+fn required<'a>(members: &'a Members, key: &str, place: &str) -> Result<&'a Json, String> {
+    get(members, key).ok_or_else(|| at(place, format!("missing key \"{key}\"")))
+}
+
+fn string(value: &Json, key: &str, place: &str) -> Result<String, String> {
+    match value {
+        Json::String(s) => Ok(s.clone()),
+        _ => Err(at(place, format!("\"{key}\" is not a string"))),
+    }
+}
+
+fn integer(value: &Json, key: &str, max: u64, place: &str) -> Result<u64, String> {
+    match value {
+        Json::Number(n) => n.as_u64().filter(|v| *v <= max),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        at(
+            place,
+            format!("\"{key}\" is not an integer from 0 to {max}"),
+        )
+    })
+}
+
+fn cases_of(file: &Json) -> Result<Vec<Case>, String> {
+    let members = object(file, "", "the file")?;
+    known_keys(members, &["cases"], "the file")?;
+    let Json::Array(list) = required(members, "cases", "the file")? else {
+        return Err("the file: \"cases\" is not an array".to_owned());
     };
-    let config: Vec<(String, String)> = case
-        .config
+    if list.is_empty() {
+        return Err("the file: \"cases\" is empty".to_owned());
+    }
+    let mut cases: Vec<Case> = Vec::with_capacity(list.len());
+    for (index, value) in list.iter().enumerate() {
+        let case = case_of(value, index)?;
+        if cases.iter().any(|c| c.name == case.name) {
+            return Err(format!(
+                "case \"{}\": another case has the same name",
+                case.name
+            ));
+        }
+        cases.push(case);
+    }
+    Ok(cases)
+}
+
+fn case_of(value: &Json, index: usize) -> Result<Case, String> {
+    let unnamed = format!("case #{}", index + 1);
+    let members = object(value, &unnamed, "the case")?;
+    let name = match get(members, "name") {
+        Some(Json::String(name)) if !name.is_empty() => name.clone(),
+        Some(_) => return Err(at(&unnamed, "\"name\" is not a non-empty string")),
+        None => return Err(at(&unnamed, "missing key \"name\"")),
+    };
+    case_body(members, name.clone()).map_err(|e| format!("case \"{name}\": {e}"))
+}
+
+fn case_body(members: &Members, name: String) -> Result<Case, String> {
+    known_keys(members, CASE_KEYS, "")?;
+    let config = match get(members, "config") {
+        None => Vec::new(),
+        Some(value) => object(value, "", "\"config\"")?
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), string(v, k, "config")?)))
+            .collect::<Result<_, String>>()?,
+    };
+    let origin = origin_of(get(members, "origin"))?;
+    let input = required(members, "input", "")?;
+    let input = message_of(object(input, "", "\"input\"")?, "input")?;
+    let expect = expect_of(required(members, "expect", "")?)?;
+    Ok(Case {
+        name,
+        config,
+        origin,
+        input,
+        expect,
+    })
+}
+
+fn origin_of(value: Option<&Json>) -> Result<Origin, String> {
+    let mut origin = Origin {
+        tenant: "acme".into(),
+        stream: "IN".into(),
+        stream_seq: 1,
+        delivered: 1,
+        published_us: 0,
+    };
+    let Some(value) = value else {
+        return Ok(origin);
+    };
+    let members = object(value, "", "\"origin\"")?;
+    known_keys(members, ORIGIN_KEYS, "origin")?;
+    if let Some(v) = get(members, "tenant") {
+        origin.tenant = string(v, "tenant", "origin")?;
+    }
+    if let Some(v) = get(members, "stream") {
+        origin.stream = string(v, "stream", "origin")?;
+    }
+    if let Some(v) = get(members, "stream_seq") {
+        origin.stream_seq = integer(v, "stream_seq", u64::MAX, "origin")?;
+    }
+    if let Some(v) = get(members, "delivered") {
+        let delivered = integer(v, "delivered", u32::MAX.into(), "origin")?;
+        origin.delivered = u32::try_from(delivered).unwrap_or(u32::MAX);
+    }
+    if let Some(v) = get(members, "published_ms") {
+        let ms = integer(v, "published_ms", u64::MAX, "origin")?;
+        origin.published_us = ms.saturating_mul(1000);
+    }
+    Ok(origin)
+}
+
+/// Subject, headers and the payload key (if any) of a message object.
+type Parts<'a> = (String, Vec<(String, String)>, Option<(&'a str, &'a Json)>);
+
+fn message_parts<'a>(members: &'a Members, place: &str) -> Result<Parts<'a>, String> {
+    known_keys(members, MESSAGE_KEYS, place)?;
+    let subject = string(required(members, "subject", place)?, "subject", place)?;
+    let headers = match get(members, "headers") {
+        None => Vec::new(),
+        Some(Json::Array(pairs)) => pairs
+            .iter()
+            .map(|pair| match pair {
+                Json::Array(nv) => match nv.as_slice() {
+                    [Json::String(n), Json::String(v)] => Some((n.clone(), v.clone())),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(|| at(place, "\"headers\" is not a list of [name, value] strings"))?,
+        Some(_) => {
+            return Err(at(
+                place,
+                "\"headers\" is not a list of [name, value] strings",
+            ));
+        }
+    };
+    let payloads: Vec<(&str, &Json)> = members
         .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .filter(|(k, _)| PAYLOAD_KEYS.contains(&k.as_str()))
+        .map(|(k, v)| (k.as_str(), v))
         .collect();
-    let input = message_of(&case.input)?;
+    match payloads.as_slice() {
+        [] => Ok((subject, headers, None)),
+        [one] => Ok((subject, headers, Some(*one))),
+        _ => Err(at(
+            place,
+            "more than one of \"payload\", \"payload_json\", \"payload_base64\"",
+        )),
+    }
+}
+
+/// The bytes of `payload` or `payload_base64`.
+fn payload_bytes(key: &str, value: &Json, place: &str) -> Result<Vec<u8>, String> {
+    let text = string(value, key, place)?;
+    if key == "payload" {
+        return Ok(text.into_bytes());
+    }
+    // The standard engine insists on padding and zero trailing bits: the one
+    // canonical spelling the other runners accept.
+    base64::engine::general_purpose::STANDARD
+        .decode(&text)
+        .map_err(|_| at(place, "\"payload_base64\" is not padded, canonical base64"))
+}
+
+fn message_of(members: &Members, place: &str) -> Result<Message, String> {
+    let (subject, headers, payload) = message_parts(members, place)?;
+    let payload = match payload {
+        None => Vec::new(),
+        Some(("payload_json", json)) => serde_json::to_vec(json).map_err(|e| at(place, e))?,
+        Some((key, value)) => payload_bytes(key, value, place)?,
+    };
+    Ok(Message {
+        subject,
+        headers,
+        payload: payload.into(),
+    })
+}
+
+fn message_want(value: &Json, place: &str) -> Result<MessageWant, String> {
+    let (subject, headers, payload) = message_parts(object(value, place, "the message")?, place)?;
+    let payload = match payload {
+        None => PayloadWant::Bytes(Vec::new()),
+        Some(("payload_json", json)) => PayloadWant::Json(json.to_value()),
+        Some((key, value)) => PayloadWant::Bytes(payload_bytes(key, value, place)?),
+    };
+    Ok(MessageWant {
+        subject,
+        headers,
+        payload,
+    })
+}
+
+fn expect_of(value: &Json) -> Result<Expect, String> {
+    let members = object(value, "", "\"expect\"")?;
+    let kind = string(required(members, "verdict", "expect")?, "verdict", "expect")?;
+    let (extra, expect): (&[&str], _) = match kind.as_str() {
+        "next" => (&["message"], None),
+        "publish" => (&["messages"], None),
+        "ack" => (&[], Some(Expect::Ack)),
+        "dead-letter" => (&["reason_contains"], None),
+        "retry" => (&["delay_ms"], None),
+        other => {
+            return Err(format!(
+                "expect: \"verdict\" is \"{other}\", not one of {}",
+                VERDICTS.join(", ")
+            ));
+        }
+    };
+    let allowed: Vec<&str> = std::iter::once("verdict")
+        .chain(extra.iter().copied())
+        .collect();
+    known_keys(members, &allowed, "expect")?;
+    if let Some(expect) = expect {
+        return Ok(expect);
+    }
+    Ok(match kind.as_str() {
+        "next" => Expect::Next(message_want(
+            required(members, "message", "expect")?,
+            "expect.message",
+        )?),
+        "publish" => {
+            let Json::Array(list) = required(members, "messages", "expect")? else {
+                return Err("expect: \"messages\" is not an array".to_owned());
+            };
+            Expect::Publish(
+                list.iter()
+                    .enumerate()
+                    .map(|(i, m)| message_want(m, &format!("expect.messages[{i}]")))
+                    .collect::<Result<_, _>>()?,
+            )
+        }
+        "dead-letter" => Expect::DeadLetter(
+            get(members, "reason_contains")
+                .map(|v| string(v, "reason_contains", "expect"))
+                .transpose()?,
+        ),
+        _ => Expect::Retry(
+            get(members, "delay_ms")
+                .map(|v| integer(v, "delay_ms", u32::MAX.into(), "expect"))
+                .transpose()?
+                .map(|ms| u32::try_from(ms).unwrap_or(u32::MAX)),
+        ),
+    })
+}
+
+// --- running --------------------------------------------------------------
+
+fn run_case(plugin: &Arc<Plugin>, case: &Case) -> Result<(), String> {
     let mut instance = plugin
-        .instantiate(&origin.tenant, &config)
+        .instantiate(&case.origin.tenant, &case.config)
         .map_err(|e| match e {
             WasmError::InitRejected { message, .. } => {
                 format!("init rejected the config: {message}")
@@ -163,77 +588,53 @@ fn run_case(plugin: &Arc<Plugin>, case: &Case) -> Result<(), String> {
             other => other.to_string(),
         })?;
     let verdict = instance
-        .handle(&origin, input)
+        .handle(&case.origin, case.input.clone())
         .map_err(|f| format!("the guest failed: {f}"))?;
     compare(&case.expect, &verdict)
 }
 
-fn message_of(spec: &MessageSpec) -> Result<Message, String> {
-    let payload = if let Some(json) = &spec.payload_json {
-        serde_json::to_vec(json).map_err(|e| e.to_string())?
-    } else if let Some(b64) = &spec.payload_base64 {
-        base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|e| format!("bad payload_base64: {e}"))?
-    } else {
-        spec.payload.clone().unwrap_or_default().into_bytes()
-    };
-    Ok(Message {
-        subject: spec.subject.clone(),
-        headers: spec.headers.clone(),
-        payload: payload.into(),
-    })
-}
-
-fn headers_of(v: &Value) -> Vec<(String, String)> {
-    serde_json::from_value(v.clone()).unwrap_or_default()
-}
-
-fn compare_message(want: &Value, got: &Message) -> Result<(), String> {
-    if want["subject"].as_str() != Some(got.subject.as_str()) {
+fn compare_message(want: &MessageWant, got: &Message) -> Result<(), String> {
+    if want.subject != got.subject {
         return Err(format!(
-            "subject: want {}, got {:?}",
-            want["subject"], got.subject
+            "subject: want {:?}, got {:?}",
+            want.subject, got.subject
         ));
     }
-    let want_headers = headers_of(&want["headers"]);
-    if want_headers != got.headers {
+    if want.headers != got.headers {
         return Err(format!(
-            "headers: want {want_headers:?}, got {:?}",
-            got.headers
+            "headers: want {:?}, got {:?}",
+            want.headers, got.headers
         ));
     }
-    if let Some(json) = want.get("payload_json") {
-        let parsed: Value = serde_json::from_slice(&got.payload).map_err(|e| {
-            format!(
-                "payload is not JSON ({e}): {}",
-                String::from_utf8_lossy(&got.payload)
-            )
-        })?;
-        if &parsed != json {
-            return Err(format!("payload: want {json}, got {parsed}"));
+    match &want.payload {
+        PayloadWant::Json(json) => {
+            let parsed: Value = serde_json::from_slice(&got.payload).map_err(|e| {
+                format!(
+                    "payload is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&got.payload)
+                )
+            })?;
+            if &parsed != json {
+                return Err(format!("payload: want {json}, got {parsed}"));
+            }
         }
-    } else if let Some(text) = want["payload"].as_str()
-        && text.as_bytes() != got.payload
-    {
-        return Err(format!(
-            "payload: want {text:?}, got {:?}",
-            String::from_utf8_lossy(&got.payload)
-        ));
+        PayloadWant::Bytes(bytes) => {
+            if bytes[..] != got.payload[..] {
+                return Err(format!(
+                    "payload: want {:?}, got {:?}",
+                    String::from_utf8_lossy(bytes),
+                    String::from_utf8_lossy(&got.payload)
+                ));
+            }
+        }
     }
     Ok(())
 }
 
-fn compare(want: &Value, got: &Verdict) -> Result<(), String> {
-    let kind = want["verdict"].as_str().unwrap_or("<missing>");
-    if kind != got.kind() {
-        return Err(format!("verdict: want {kind}, got {got:?}"));
-    }
-    match got {
-        Verdict::Next(m) => compare_message(&want["message"], m),
-        Verdict::Publish(ms) => {
-            let empty = Vec::new();
-            let wants = want["messages"].as_array().unwrap_or(&empty);
+fn compare(want: &Expect, got: &Verdict) -> Result<(), String> {
+    match (want, got) {
+        (Expect::Next(w), Verdict::Next(m)) => compare_message(w, m),
+        (Expect::Publish(wants), Verdict::Publish(ms)) => {
             if wants.len() != ms.len() {
                 return Err(format!(
                     "want {} messages, got {}: {ms:?}",
@@ -244,18 +645,137 @@ fn compare(want: &Value, got: &Verdict) -> Result<(), String> {
             wants
                 .iter()
                 .zip(ms)
-                .try_for_each(|(w, m)| compare_message(w, m))
+                .enumerate()
+                .try_for_each(|(i, (w, m))| {
+                    compare_message(w, m).map_err(|e| format!("message {i}: {e}"))
+                })
         }
-        Verdict::Ack => Ok(()),
-        Verdict::DeadLetter(reason) => match want["reason_contains"].as_str() {
-            Some(part) if !reason.contains(part) => {
+        (Expect::Ack, Verdict::Ack) => Ok(()),
+        (Expect::DeadLetter(part), Verdict::DeadLetter(reason)) => match part {
+            Some(part) if !reason.contains(part.as_str()) => {
                 Err(format!("reason {reason:?} lacks {part:?}"))
             }
             _ => Ok(()),
         },
-        Verdict::Retry(ms) => match want["delay_ms"].as_u64() {
-            Some(d) if d != u64::from(*ms) => Err(format!("delay: want {d}, got {ms}")),
+        (Expect::Retry(delay), Verdict::Retry(ms)) => match delay {
+            Some(d) if d != ms => Err(format!("delay: want {d}, got {ms}")),
             _ => Ok(()),
         },
+        _ => Err(format!("verdict: want {}, got {got:?}", want.kind())),
+    }
+}
+
+impl Expect {
+    fn kind(&self) -> &'static str {
+        match self {
+            Expect::Next(_) => "next",
+            Expect::Publish(_) => "publish",
+            Expect::Ack => "ack",
+            Expect::DeadLetter(_) => "dead-letter",
+            Expect::Retry(_) => "retry",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Cases, String> {
+        Cases::parse(text, Path::new("x.cases.json")).map_err(|e| match e {
+            CasesError::Invalid { message, .. } => message,
+            other => other.to_string(),
+        })
+    }
+
+    /// A file of one case whose `input` and `expect` are these.
+    fn one(input: &str, expect: &str) -> String {
+        format!(r#"{{"cases": [{{"name": "c1", "input": {input}, "expect": {expect}}}]}}"#)
+    }
+
+    const ACK: &str = r#"{"verdict": "ack"}"#;
+
+    #[test]
+    fn a_well_formed_file_parses_in_file_order() {
+        let cases = parse(&one(
+            r#"{"subject": "a", "headers": [["k", "1"], ["k", "2"]], "payload_json": {"b": 1, "a": [1.0, -0]}}"#,
+            r#"{"verdict": "retry", "delay_ms": 5}"#,
+        ))
+        .unwrap();
+        let case = &cases.cases[0];
+        assert_eq!(case.input.payload[..], br#"{"b":1,"a":[1.0,-0.0]}"#[..]);
+        assert_eq!(case.input.headers.len(), 2);
+        assert!(matches!(case.expect, Expect::Retry(Some(5))));
+    }
+
+    #[test]
+    fn config_keeps_the_file_order() {
+        let text = r#"{"cases": [{"name": "c", "config": {"z": "1", "a": "2"}, "input": {"subject": "a"}, "expect": {"verdict": "ack"}}]}"#;
+        let cases = parse(text).unwrap();
+        assert_eq!(
+            cases.cases[0].config,
+            vec![("z".into(), "1".into()), ("a".into(), "2".into())]
+        );
+    }
+
+    #[test]
+    fn every_invalid_file_is_refused_with_the_shared_error() {
+        // The same list, with the same errors, refutes the SDK's, the
+        // Python and the JavaScript runner: one spec, four runners.
+        let listed: Value = serde_json::from_str(include_str!(
+            "../../plugins/testing/mirror/invalid-cases.json"
+        ))
+        .unwrap();
+        let listed = listed["invalid"].as_array().unwrap();
+        assert!(!listed.is_empty());
+        for item in listed {
+            let err = parse(&item["file"].to_string()).err().unwrap_or_default();
+            let want = item["error"].as_str().unwrap();
+            assert!(
+                err.starts_with(want),
+                "{}: gave {err:?}, want {want:?}",
+                item["what"]
+            );
+        }
+    }
+
+    #[test]
+    fn base64_must_be_padded_and_canonical() {
+        let ok = parse(&one(r#"{"subject": "a", "payload_base64": "AP8="}"#, ACK)).unwrap();
+        assert_eq!(ok.cases[0].input.payload[..], [0, 255]);
+        for bad in ["*P8=", "AA==AAAA", "A==="] {
+            let input = format!(r#"{{"subject": "a", "payload_base64": "{bad}"}}"#);
+            let err = parse(&one(&input, ACK)).err().unwrap_or_default();
+            assert!(err.contains("canonical base64"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn payloads_compare_exactly_or_structurally() {
+        let want = |payload: PayloadWant| MessageWant {
+            subject: "s".into(),
+            headers: vec![],
+            payload,
+        };
+        let got = |payload: &str| Message::new("s", payload.as_bytes().to_vec());
+        let json = |text: &str| PayloadWant::Json(serde_json::from_str(text).unwrap());
+        assert!(
+            compare_message(
+                &want(json(r#"{"a":1,"b":[2]}"#)),
+                &got(r#"{"b":[2], "a":1}"#)
+            )
+            .is_ok()
+        );
+        assert!(compare_message(&want(json(r#"{"a":1}"#)), &got(r#"{"a":1.0}"#)).is_err());
+        assert!(compare_message(&want(json(r#"{"a":1}"#)), &got(r#"{"a":1,"b":2}"#)).is_err());
+        assert!(compare_message(&want(PayloadWant::Bytes(vec![])), &got("x")).is_err());
+        assert!(compare_message(&want(PayloadWant::Bytes(b"x".to_vec())), &got("x")).is_ok());
+        let headers = MessageWant {
+            headers: vec![("k".into(), "1".into())],
+            ..want(PayloadWant::Bytes(vec![]))
+        };
+        let mut two = got("");
+        two.headers = vec![("k".into(), "1".into()), ("k".into(), "1".into())];
+        assert!(compare_message(&headers, &two).is_err());
     }
 }

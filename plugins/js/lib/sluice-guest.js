@@ -3,6 +3,8 @@
 //
 // It owns what a handler needs beyond the WIT types:
 //
+// - `exportHandler`: the world's `init` and `handle` for a handler class,
+//   the counterpart of the Rust SDK's `export_handler!`;
 // - `Config`: the stage configuration (`get`, `withPrefix`, `rejectUnknown`)
 //   with the Rust SDK's error texts;
 // - `parseJson` / `dumpJson`: JSON with the same rules as the Rust plugins'
@@ -22,6 +24,47 @@
 
 /** A failure whose message is a dead-letter reason or an `init` refusal. */
 export class GuestError extends Error {}
+
+// --- exports ------------------------------------------------------------------
+
+/** The reason `handle` dead-letters with before a successful `init`, as the
+ *  Rust SDK words it. The host never does this, but a stray call must not
+ *  trap. */
+export const NOT_INITIALISED = "handler was not initialised";
+
+/** The world's exports for `HandlerClass`:
+ *
+ *      class Greet {
+ *        constructor(config) { config.rejectUnknown(["greeting"]); ... }  // a `Config`
+ *        handle(origin, msg) { return { tag: "next", val: msg }; }
+ *      }
+ *      export const { init, handle } = exportHandler(Greet);
+ *
+ *  `init` builds `new HandlerClass(new Config(config))`; a `GuestError` it
+ *  throws refuses the config with its message (the world wants a thrown
+ *  string), and the previous handler (if any) stays. `handle` before a
+ *  successful `init` dead-letters with `NOT_INITIALISED`. A retry delay
+ *  past 2^31 - 1 ms reaches the host as 2^31 - 1 (componentize-qjs 0.4.5
+ *  lowers a u32 through an i32). */
+export function exportHandler(HandlerClass) {
+  let handler = null;
+  return {
+    init(config) {
+      try {
+        handler = new HandlerClass(new Config(config));
+      } catch (err) {
+        throw err instanceof GuestError ? err.message : err;
+      }
+    },
+    handle(origin, msg) {
+      if (handler === null) return { tag: "dead-letter", val: NOT_INITIALISED };
+      // componentize-qjs 0.4.5 lifts a u32 past 2^31 - 1 as a negative
+      // number; `>>> 0` reads the same bits back as the u32 the host sent.
+      origin.delivered >>>= 0;
+      return handler.handle(origin, msg);
+    },
+  };
+}
 
 /** The absence of a value, as opposed to JSON null. */
 export const MISSING = Symbol("missing");

@@ -20,11 +20,11 @@
 // is dead-lettered with `no route matched subject <subject>`.
 
 import {
-  Config,
   GuestError,
   JsonFloat,
   MISSING,
   checkPath,
+  exportHandler,
   getPath,
   hasWs,
   parseJson,
@@ -33,7 +33,6 @@ import {
   stripWs,
 } from "../lib/sluice-guest.js";
 
-const NOT_INITIALISED = "handler was not initialised";
 const TENANT = "{tenant}";
 const ACCEPTED = ["mode", "unmatched", "rule.<N>.field", "rule.<N>.equals", "rule.<N>.subject", "rule.<N>.to"];
 const ATTRIBUTES = ["field", "equals", "subject", "to"];
@@ -239,19 +238,4 @@ class Route {
   }
 }
 
-let handler = null;
-
-/** WIT `init`: an error (a thrown string) rejects the stage config. */
-export function init(config) {
-  try {
-    handler = new Route(new Config(config));
-  } catch (err) {
-    throw err instanceof GuestError ? err.message : err;
-  }
-}
-
-/** WIT `handle`. */
-export function handle(origin, msg) {
-  if (handler === null) return { tag: "dead-letter", val: NOT_INITIALISED };
-  return handler.handle(origin, msg);
-}
+export const { init, handle } = exportHandler(Route);

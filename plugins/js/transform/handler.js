@@ -15,19 +15,18 @@
 // payload that is not a JSON object is dead-lettered.
 
 import {
-  Config,
   GuestError,
   MISSING,
   checkPath,
   copyJson,
   dumpJson,
+  exportHandler,
   parseJson,
   removePath,
   setPath,
   stripWs,
 } from "../lib/sluice-guest.js";
 
-const NOT_INITIALISED = "handler was not initialised";
 
 /** The edits of one stage, parsed and checked once in `init`. */
 class Transform {
@@ -46,7 +45,7 @@ class Transform {
     });
   }
 
-  handle(msg) {
+  handle(origin, msg) {
     let payload;
     try {
       payload = parseJson(msg.payload);
@@ -91,19 +90,4 @@ function literal(raw) {
   }
 }
 
-let handler = null;
-
-/** WIT `init`: an error (a thrown string) rejects the stage config. */
-export function init(config) {
-  try {
-    handler = new Transform(new Config(config));
-  } catch (err) {
-    throw err instanceof GuestError ? err.message : err;
-  }
-}
-
-/** WIT `handle`. */
-export function handle(origin, msg) {
-  if (handler === null) return { tag: "dead-letter", val: NOT_INITIALISED };
-  return handler.handle(msg);
-}
+export const { init, handle } = exportHandler(Transform);

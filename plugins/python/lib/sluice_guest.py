@@ -3,6 +3,10 @@ the Rust `guest-sdk`, shared by the reference plugins in plugins/python/.
 
 It owns what a handler needs beyond the generated `wit_world` bindings:
 
+- `export_handler`: the `WitWorld` class for a handler class, the
+  counterpart of the Rust SDK's `export_handler!` (`init` builds the
+  handler from a `Config`, `handle` calls it, a `GuestError` from the
+  constructor refuses the config);
 - `Config`: the stage configuration (`get`, `with_prefix`,
   `reject_unknown`), with the Rust SDK's error texts;
 - `parse_json` / `dump_json`: JSON with the same rules as the Rust
@@ -13,8 +17,8 @@ It owns what a handler needs beyond the generated `wit_world` bindings:
   (`user.address.city`) into parsed JSON;
 - `strip_ws`, `has_ws`: whitespace as Rust's `char::is_whitespace` sees it.
 
-It has no state and no imports from the bindings, so it runs in plain
-CPython too. Errors meant for a verdict or an `init` refusal are raised as
+Only `export_handler` imports the bindings (when it is called), so the
+rest runs in plain CPython without them. Errors meant for a verdict or an `init` refusal are raised as
 `GuestError` with the text to use.
 """
 
@@ -22,6 +26,8 @@ import json
 import re
 
 __all__ = [
+    "export_handler",
+    "NOT_INITIALISED",
     "Config",
     "GuestError",
     "parse_json",
@@ -52,6 +58,54 @@ class _Missing:
 
 
 MISSING = _Missing()
+
+# --- exports -------------------------------------------------------------------
+
+# The reason `handle` dead-letters with before a successful `init`, as the
+# Rust SDK words it. The host never does this, but a stray call must not
+# trap.
+NOT_INITIALISED = "handler was not initialised"
+
+
+def export_handler(handler_class):
+    """The `WitWorld` class componentize-py looks for, serving
+    `handler_class`:
+
+        class Greet:
+            def __init__(self, config):      # a `Config`
+                config.reject_unknown(["greeting"])
+                ...
+            def handle(self, origin, msg):   # -> a `types.Verdict_*`
+                ...
+
+        WitWorld = export_handler(Greet)
+
+    `init` builds `handler_class(Config(config))`; a `GuestError` it raises
+    refuses the config with its text, and the previous handler (if any)
+    stays. componentize-py makes a new `WitWorld` for every call, so the
+    handler lives here, for the life of the instance, not on `self`.
+    `handle` before a successful `init` dead-letters with
+    `NOT_INITIALISED`."""
+    import wit_world
+    from componentize_py_types import Err
+    from wit_world.imports import types
+
+    current = []
+
+    class WitWorld(wit_world.WitWorld):
+        def init(self, config):
+            try:
+                handler = handler_class(Config(config))
+            except GuestError as err:
+                raise Err(str(err)) from None
+            current[:] = [handler]
+
+        def handle(self, origin, msg):
+            if not current:
+                return types.Verdict_DeadLetter(NOT_INITIALISED)
+            return current[0].handle(origin, msg)
+
+    return WitWorld
 
 # --- whitespace ---------------------------------------------------------------
 

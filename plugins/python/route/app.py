@@ -19,15 +19,13 @@ numeric order of `N`. A message no rule matches goes to `unmatched` or is
 dead-lettered with `no route matched subject <subject>`.
 """
 
-import wit_world
-from componentize_py_types import Err
 from wit_world.imports import types
 
 from sluice_guest import (
-    MISSING,
-    Config,
     GuestError,
+    MISSING,
     check_path,
+    export_handler,
     get_path,
     has_ws,
     number_text,
@@ -36,7 +34,6 @@ from sluice_guest import (
     strip_ws,
 )
 
-NOT_INITIALISED = "handler was not initialised"
 TENANT = "{tenant}"
 ACCEPTED = [
     "mode",
@@ -265,20 +262,4 @@ class Route:
         )
 
 
-# componentize-py makes a new `WitWorld` for every call, so the handler that
-# `init` builds lives at module level, for the life of the instance.
-_handler = None
-
-
-class WitWorld(wit_world.WitWorld):
-    def init(self, config):
-        global _handler
-        try:
-            _handler = Route(Config(config))
-        except GuestError as err:
-            raise Err(str(err)) from None
-
-    def handle(self, origin, msg):
-        if _handler is None:
-            return types.Verdict_DeadLetter(NOT_INITIALISED)
-        return _handler.handle(origin, msg)
+WitWorld = export_handler(Route)

@@ -15,24 +15,21 @@ headers pass unchanged; the payload is written back as compact JSON. A
 payload that is not a JSON object is dead-lettered.
 """
 
-import wit_world
-from componentize_py_types import Err
 from wit_world.imports import types
 
 from sluice_guest import (
-    MISSING,
-    Config,
     GuestError,
+    MISSING,
     check_path,
     copy_json,
     dump_json,
+    export_handler,
     parse_json,
     remove_path,
     set_path,
     strip_ws,
 )
 
-NOT_INITIALISED = "handler was not initialised"
 
 
 class Transform:
@@ -55,7 +52,7 @@ class Transform:
             _checked(f"set.{path}", path)
             self.sets.append((path, _literal(raw)))
 
-    def handle(self, msg):
+    def handle(self, origin, msg):
         try:
             payload = parse_json(msg.payload)
         except GuestError as err:
@@ -95,20 +92,4 @@ def _literal(raw):
         return raw
 
 
-# componentize-py makes a new `WitWorld` for every call, so the handler that
-# `init` builds lives at module level, for the life of the instance.
-_handler = None
-
-
-class WitWorld(wit_world.WitWorld):
-    def init(self, config):
-        global _handler
-        try:
-            _handler = Transform(Config(config))
-        except GuestError as err:
-            raise Err(str(err)) from None
-
-    def handle(self, origin, msg):
-        if _handler is None:
-            return types.Verdict_DeadLetter(NOT_INITIALISED)
-        return _handler.handle(msg)
+WitWorld = export_handler(Transform)
