@@ -164,9 +164,13 @@ fn build_names_a_missing_tool_and_how_to_install_it() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
+    let pin = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/python/componentize-py.version"),
+    )
+    .unwrap();
+    let install = format!("pip install componentize-py=={}", pin.trim());
     assert!(
-        err.contains("`componentize-py` is not on PATH")
-            && err.contains("pip install componentize-py==0.25.1"),
+        err.contains("`componentize-py` is not on PATH") && err.contains(&install),
         "{err}"
     );
 }

@@ -37,7 +37,10 @@ const CASES: &str = include_str!("templates/cases.json");
 
 /// The versions the templates and the install hints name, as this
 /// repository pins them.
-const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+/// The componentize-py version the project builds with, pinned once in
+/// `plugins/python/componentize-py.version` (scripts/setup reads it too).
+const COMPONENTIZE_PY_VERSION: &str =
+    include_str!("../../../plugins/python/componentize-py.version").trim_ascii();
 const COMPONENTIZE_QJS: &str = "componentize-qjs@0.4.5";
 
 /// A handler's language.
@@ -303,7 +306,9 @@ fn cdylib_artifact(metadata: &[u8]) -> anyhow::Result<PathBuf> {
 fn build_python(dir: &Path, wit: &Path, out: &Path) -> anyhow::Result<()> {
     let componentize = tool(
         "componentize-py",
-        &format!("install it with `pip install {COMPONENTIZE_PY}` (a virtualenv is fine)"),
+        &format!(
+            "install it with `pip install componentize-py=={COMPONENTIZE_PY_VERSION}` (a virtualenv is fine)"
+        ),
     )?;
     // The app module is `app` in DIR; a virtualenv's site-packages (for
     // dependencies) is added by componentize-py itself.
