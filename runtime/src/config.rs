@@ -527,6 +527,16 @@ pub struct TenantLimits {
 }
 
 impl TenantLimits {
+    /// The deliveries the consumer allows: the host dead-letters on
+    /// delivery `max_deliver` itself, and one more on the server's side
+    /// means a host that crashed during that last delivery, or could not
+    /// store its dead letter, still gets to dead-letter the message
+    /// instead of the server silently giving up on it. The sink's settle
+    /// policy holds, never naks, on this one.
+    pub fn server_max_deliver(&self) -> u32 {
+        self.max_deliver.saturating_add(1)
+    }
+
     /// The longest a message can take from its first delivery to its last
     /// redelivery: `ack_wait` for each of the server's `max_deliver + 1`
     /// deliveries, plus the backoff (capped by `max_retry_delay`) before

@@ -512,14 +512,6 @@ impl Tenant {
         {
             self.stats.count_limit(limit);
         }
-        let outcome =
-            sink::give_up_on_last_delivery(outcome, origin.delivered, self.limits.max_deliver);
-        self.stats.count_outcome(outcome.plugin(), outcome.kind());
-        tracing::debug!(
-            plugin = outcome.plugin(),
-            outcome = outcome.kind(),
-            "settling"
-        );
         let settling = self.sink.settle(&held.msg, origin, source, outcome);
         let settled = self.progressing(&held.msg, settling).await;
         self.stats.mark_settled();

@@ -7,20 +7,20 @@
 //! redelivered message re-published inside the stream's duplicate window is
 //! dropped by JetStream: at-least-once input, effectively-once output.
 
+mod letter;
+mod policy;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use futures::future::join_all;
 
-use crate::headers::{
-    DELIVERED_HEADER, MSG_ID_HEADER, PLUGIN_HEADER, REASON_HEADER, SOURCE_HEADER_PREFIX,
-    SOURCE_HEADERS_HEADER, SOURCE_SEQ_HEADER, SOURCE_STREAM_HEADER, SOURCE_SUBJECT_HEADER,
-    TENANT_HEADER, TRUNCATED_HEADER, header_bytes, header_map, host_owned,
-};
+use crate::headers::{SOURCE_HEADERS_HEADER, header_bytes, header_map};
 use crate::message::{Message, Origin};
 use crate::pipeline::Outcome;
 use crate::stats::TenantStats;
+pub use policy::{Action, Event, Policy, backoff_for};
 
 /// Room left in a dead letter for the protocol's own framing (the `HPUB`
 /// line's sizes, `NATS/1.0`, line ends) beyond the headers counted.
@@ -33,10 +33,6 @@ const FRAMING: usize = 64;
 /// PubAck permits that only its own unsent window would free.
 pub const PUBLISH_WINDOW: usize = 128;
 
-/// Longest `Sluice-Reason` kept; a guest's reason is its own text, and a
-/// header is no place for a novel.
-const MAX_REASON: usize = 1024;
-
 /// What was done to the source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settled {
@@ -48,47 +44,12 @@ pub enum Settled {
     Termed,
 }
 
-/// The backoff delay for a delivery: the n-th entry, the last one repeating.
-pub fn backoff_for(backoff: &[Duration], delivered: u32) -> Duration {
-    let i = usize::try_from(delivered.saturating_sub(1)).unwrap_or(usize::MAX);
-    backoff
-        .get(i)
-        .or(backoff.last())
-        .copied()
-        .unwrap_or(Duration::from_secs(1))
-}
-
-/// On the last allowed delivery a retry (asked for or caused by a guest
-/// failure) becomes a dead letter: the host, not the server, gives up, so
-/// the message is kept with its reason.
-pub fn give_up_on_last_delivery(outcome: Outcome, delivered: u32, max_deliver: u32) -> Outcome {
-    match outcome {
-        Outcome::Retry {
-            failure, plugin, ..
-        } if delivered >= max_deliver => {
-            let why = match failure {
-                Some(f) => format!("handler failed ({f})"),
-                None => "handler asked to retry".to_owned(),
-            };
-            Outcome::DeadLetter {
-                reason: format!("gave up after {delivered} deliveries: {why}"),
-                plugin,
-                limit: None,
-            }
-        }
-        other => other,
-    }
-}
-
 /// Publishes and settles for one tenant.
 pub struct Sink {
     js: jetstream::Context,
     tenant: Arc<str>,
     dead_letter: String,
-    backoff: Vec<Duration>,
-    max_deliver: u32,
-    /// No nak asks for a longer delay than this.
-    max_retry_delay: Duration,
+    policy: Policy,
     stats: Arc<TenantStats>,
     /// Retries are held in place, not nak'ed (see [`Sink::holding_retries`]).
     hold_retries: bool,
@@ -122,9 +83,11 @@ impl Sink {
             js,
             tenant,
             dead_letter,
-            backoff,
-            max_deliver,
-            max_retry_delay,
+            policy: Policy {
+                backoff,
+                max_deliver,
+                max_retry_delay,
+            },
             stats,
             hold_retries: false,
         }
@@ -140,7 +103,7 @@ impl Sink {
     }
 
     /// Carry out `outcome` for `msg`, whose origin and content are `origin`
-    /// and `source`.
+    /// and `source`, as the [`Policy`] decides.
     pub async fn settle(
         &self,
         msg: &jetstream::Message,
@@ -149,76 +112,71 @@ impl Sink {
         outcome: Outcome,
     ) -> Settled {
         let tenant = &*self.tenant;
-        let (stream, seq) = (&origin.stream, origin.stream_seq);
-        let retry_delay = backoff_for(&self.backoff, origin.delivered).min(self.max_retry_delay);
-        match outcome {
-            Outcome::Publish { outputs, plugin } if self.oversized(&outputs).is_some() => {
-                let (index, size, max) = self.oversized(&outputs).unwrap_or_default();
-                self.stats.count_limit("max_payload");
-                // The server refuses it on every delivery: retrying cannot
-                // help, so it is a dead letter now, not after max_deliver.
-                let reason = format!(
-                    "output {index} is {size} bytes with its headers, over the server's max_payload of {max} bytes"
-                );
-                self.dead_letter(msg, origin, source, &reason, &plugin)
-                    .await
-            }
-            Outcome::Publish { outputs, plugin } => match self.publish_all(&outputs).await {
-                Ok(stored) => self.published(msg, origin, stored).await,
+        let (stream, seq, delivered) = (&origin.stream, origin.stream_seq, origin.delivered);
+        let plugin = outcome.plugin();
+        let decided = self.policy.decide(Event::Decided(&outcome), delivered);
+        self.stats.count_outcome(plugin, decided.kind());
+        tracing::debug!(plugin, outcome = decided.kind(), "settling");
+        let outputs: &[Message] = match &outcome {
+            Outcome::Publish { outputs, .. } => outputs,
+            _ => &[],
+        };
+        let mut action = decided;
+        if action == Action::Publish
+            && let Some((index, size, max)) = self.oversized(outputs)
+        {
+            self.stats.count_limit("max_payload");
+            action = self
+                .policy
+                .decide(Event::Oversized { index, size, max }, delivered);
+        }
+        if action == Action::Publish {
+            action = match self.publish_all(outputs).await {
+                Ok(stored) => return self.published(msg, origin, stored).await,
                 Err(e) => {
                     TenantStats::bump(&self.stats.publish_errors, 1);
-                    if origin.delivered >= self.max_deliver
-                        && e.is_unroutable()
-                        && self.no_stream_captures(&outputs).await
-                    {
-                        // No stream captures the output subject and none
-                        // was stored: a configuration problem that waiting
-                        // will not fix. The message is kept whole, with
-                        // its reason, rather than held for ever.
-                        tracing::warn!(tenant, stream, seq, error = %e, "no stream stores the outputs, on the last delivery; dead-lettering");
-                        let reason = format!(
-                            "gave up after {} deliveries: publishing outputs failed: {e}",
-                            origin.delivered
-                        );
-                        return self
-                            .dead_letter(msg, origin, source, &reason, &plugin)
-                            .await;
+                    let event = Event::OutputsUnstored {
+                        stored: e.stored,
+                        unroutable: e.is_unroutable(),
+                        error: &e,
+                    };
+                    match self.policy.decide(event, delivered) {
+                        Action::Nak(delay) => {
+                            tracing::warn!(tenant, stream, seq, error = %e, "publishing outputs failed; nak, redelivery re-publishes with the same message ids");
+                            Action::Nak(delay)
+                        }
+                        Action::DeadLetterIfNoStream(reason)
+                            if self.no_stream_captures(outputs).await =>
+                        {
+                            tracing::warn!(tenant, stream, seq, error = %e, "no stream stores the outputs, on the last delivery; dead-lettering");
+                            Action::DeadLetter(reason.into())
+                        }
+                        _ => {
+                            tracing::error!(tenant, stream, seq, error = %e, "publishing outputs failed part-way or on the last delivery; holding the message and retrying until they are all stored");
+                            Action::Hold
+                        }
                     }
-                    if e.stored > 0 || origin.delivered >= self.max_deliver {
-                        // Some outputs are stored (or, on the last delivery,
-                        // may be): a dead letter now would leave the message
-                        // half-published, and a nak would hand it to a
-                        // redelivery that may run another plugin version
-                        // (a hot swap) whose outputs under the same ids
-                        // would be dropped as duplicates of these, or to no
-                        // delivery at all. Keep the message (the tenant
-                        // sends in-progress acks) and publish the same
-                        // outputs, same ids, until they are all stored.
-                        tracing::error!(tenant, stream, seq, error = %e, "publishing outputs failed part-way or on the last delivery; holding the message and retrying until they are all stored");
-                        let stored = self.publish_until_stored(&outputs, None).await;
-                        return self.published(msg, origin, stored).await;
-                    }
-                    tracing::warn!(tenant, stream, seq, error = %e, "publishing outputs failed; nak, redelivery re-publishes with the same message ids");
-                    self.nak(msg, retry_delay).await
                 }
-            },
-            Outcome::Ack { .. } => self.ack(msg).await,
-            Outcome::Retry {
-                delay,
-                failure,
-                plugin,
-            } => {
-                if let Some(f) = &failure {
+            };
+        }
+        match action {
+            Action::Ack | Action::Publish => self.ack(msg).await,
+            Action::Nak(delay) => {
+                if let Outcome::Retry {
+                    failure: Some(f), ..
+                } = &outcome
+                {
                     tracing::debug!(tenant, stream, seq, plugin, failure = %f, "guest failed; retrying");
                 }
-                // A guest's delay is its own number: capped, so that
-                // `retry(u32::MAX)` waits an hour, not 49 days.
-                let delay = delay.unwrap_or(retry_delay).min(self.max_retry_delay);
                 self.nak(msg, delay).await
             }
-            Outcome::DeadLetter { reason, plugin, .. } => {
-                self.dead_letter(msg, origin, source, &reason, &plugin)
-                    .await
+            // An unconfirmed "no stream" is held, as the policy says.
+            Action::Hold | Action::DeadLetterIfNoStream(_) => {
+                let stored = self.publish_until_stored(outputs, None).await;
+                self.published(msg, origin, stored).await
+            }
+            Action::DeadLetter(reason) => {
+                self.dead_letter(msg, origin, source, &reason, plugin).await
             }
         }
     }
@@ -264,19 +222,23 @@ impl Sink {
         let letter = [self.dead_letter_message(origin, source, reason, plugin, Vec::new())];
         let (_, duplicates) = match self.publish_all(&letter).await {
             Ok(stored) => stored,
-            Err(e) if origin.delivered > self.max_deliver => {
-                // The consumer allows max_deliver + 1 deliveries: this is
-                // the last one the server will make, so a nak would lose
-                // the message. Hold it and keep trying.
-                TenantStats::bump(&self.stats.publish_errors, 1);
-                tracing::error!(tenant, stream, seq, subject = self.dead_letter, error = %e, "the dead letter could not be stored on the server's last delivery; holding the message and retrying until it is");
-                self.publish_until_stored(&letter, None).await
-            }
             Err(e) => {
                 TenantStats::bump(&self.stats.publish_errors, 1);
-                tracing::warn!(tenant, stream, seq, subject = self.dead_letter, error = %e, "publishing the dead letter failed; nak for redelivery");
-                let delay = backoff_for(&self.backoff, origin.delivered).min(self.max_retry_delay);
-                return self.nak(msg, delay).await;
+                match self
+                    .policy
+                    .decide(Event::DeadLetterUnstored, origin.delivered)
+                {
+                    Action::Nak(delay) => {
+                        tracing::warn!(tenant, stream, seq, subject = self.dead_letter, error = %e, "publishing the dead letter failed; nak for redelivery");
+                        return self.nak(msg, delay).await;
+                    }
+                    _ => {
+                        // The server's last delivery: a nak would lose
+                        // the message. Hold it and keep trying.
+                        tracing::error!(tenant, stream, seq, subject = self.dead_letter, error = %e, "the dead letter could not be stored on the server's last delivery; holding the message and retrying until it is");
+                        self.publish_until_stored(&letter, None).await
+                    }
+                }
             }
         };
         TenantStats::bump(&self.stats.dead_lettered, 1);
@@ -369,7 +331,7 @@ impl Sink {
     ) -> (u64, u64) {
         let mut attempt: u32 = 1;
         loop {
-            let mut delay = backoff_for(&self.backoff, attempt).min(self.max_retry_delay);
+            let mut delay = self.policy.backoff(attempt);
             if let Some(ack) = keep_alive {
                 let _ = self
                     .js
@@ -479,63 +441,6 @@ impl Sink {
         }
         Ok((count, duplicates))
     }
-
-    /// The dead letter for `source`. `extra` host headers are added after
-    /// Sluice's own; a `delivered` of 0 (not known) leaves out
-    /// `Sluice-Delivered`.
-    fn dead_letter_message(
-        &self,
-        origin: &Origin,
-        source: &Message,
-        reason: &str,
-        plugin: &str,
-        extra: Vec<(String, String)>,
-    ) -> Message {
-        // Sluice's own headers are rewritten below; a producer's `Nats-*`
-        // headers are kept renamed, never as instructions to the server.
-        let mut headers: Vec<(String, String)> = Vec::with_capacity(source.headers.len() + 9);
-        for (k, v) in &source.headers {
-            if k.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("nats-")) {
-                headers.push((format!("{SOURCE_HEADER_PREFIX}{k}"), v.clone()));
-            } else if !host_owned(k) {
-                headers.push((k.clone(), v.clone()));
-            }
-        }
-        let reason: String = reason
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
-        let mut end = reason.len().min(MAX_REASON);
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        headers.extend([
-            (REASON_HEADER.to_owned(), reason[..end].to_owned()),
-            (TENANT_HEADER.to_owned(), self.tenant.to_string()),
-            (SOURCE_STREAM_HEADER.to_owned(), origin.stream.clone()),
-            (SOURCE_SEQ_HEADER.to_owned(), origin.stream_seq.to_string()),
-            (SOURCE_SUBJECT_HEADER.to_owned(), source.subject.clone()),
-            (PLUGIN_HEADER.to_owned(), plugin.to_owned()),
-            (DELIVERED_HEADER.to_owned(), origin.delivered.to_string()),
-            (
-                MSG_ID_HEADER.to_owned(),
-                format!(
-                    "{}:{}:{}:dlq",
-                    self.tenant, origin.stream, origin.stream_seq
-                ),
-            ),
-        ]);
-        if origin.delivered == 0 {
-            headers.retain(|(k, _)| k != DELIVERED_HEADER);
-        }
-        headers.extend(extra);
-        let payload = fit_dead_letter(&mut headers, &source.payload, self.max_payload());
-        Message {
-            subject: self.dead_letter.clone(),
-            headers,
-            payload,
-        }
-    }
 }
 
 /// A publish that failed, after `stored` of the messages were confirmed.
@@ -564,131 +469,8 @@ impl std::fmt::Display for Unstored {
     }
 }
 
-/// The payload a dead letter can carry within the server's `max_payload`
-/// (headers count against it too). A dead letter too big to store would
-/// fail on every delivery and be lost after the last: so the producer's
-/// own headers go first (the Sluice-* ones, added last, say what happened),
-/// then the payload is cut, and `Sluice-Truncated` gives its full length.
-/// A `max_payload` of 0 (no INFO yet) means no limit known.
-fn fit_dead_letter(
-    headers: &mut Vec<(String, String)>,
-    payload: &bytes::Bytes,
-    max_payload: usize,
-) -> bytes::Bytes {
-    if max_payload == 0 || header_bytes(headers) + payload.len() + FRAMING <= max_payload {
-        return payload.clone();
-    }
-    headers.push((TRUNCATED_HEADER.to_owned(), payload.len().to_string()));
-    // Drop the producer's headers, oldest first, until the host's fit with
-    // room for some payload; the host's own are a fixed, bounded set.
-    let host_start = headers
-        .iter()
-        .position(|(k, _)| k == REASON_HEADER)
-        .unwrap_or(0);
-    let mut producer: Vec<(String, String)> = headers.drain(..host_start).collect();
-    while !producer.is_empty()
-        && header_bytes(&producer) + header_bytes(headers) + FRAMING > max_payload / 2
-    {
-        producer.remove(0);
-    }
-    producer.append(headers);
-    *headers = producer;
-    let room = max_payload.saturating_sub(header_bytes(headers) + FRAMING);
-    payload.slice(..room.min(payload.len()))
-}
-
 /// Microseconds from `us` (Unix epoch microseconds) to now; 0 if the
 /// clocks disagree.
 fn micros_since(us: u64) -> u64 {
     crate::stats::now_micros().saturating_sub(us)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::message::{FailureKind, GuestFailure};
-
-    fn host_headers() -> Vec<(String, String)> {
-        vec![
-            ("Producer".to_owned(), "p".repeat(300)),
-            (REASON_HEADER.to_owned(), "bad".to_owned()),
-            (TENANT_HEADER.to_owned(), "acme".to_owned()),
-        ]
-    }
-
-    #[test]
-    fn a_dead_letter_that_fits_is_left_whole() {
-        let mut headers = host_headers();
-        let payload = bytes::Bytes::from_static(b"small");
-        assert_eq!(fit_dead_letter(&mut headers, &payload, 4096), payload);
-        assert_eq!(headers, host_headers());
-        assert_eq!(fit_dead_letter(&mut headers, &payload, 0), payload);
-    }
-
-    #[test]
-    fn a_dead_letter_too_big_is_cut_to_fit_with_the_hosts_headers_kept() {
-        let payload = bytes::Bytes::from(vec![b'x'; 5000]);
-        let mut headers = host_headers();
-        let cut = fit_dead_letter(&mut headers, &payload, 512);
-        assert!(header_bytes(&headers) + cut.len() + FRAMING <= 512);
-        assert!(!cut.is_empty());
-        assert!(
-            headers
-                .iter()
-                .any(|(k, v)| k == TRUNCATED_HEADER && v == "5000")
-        );
-        assert!(headers.iter().any(|(k, _)| k == REASON_HEADER));
-        // The 300-byte producer header would leave too little payload.
-        assert!(!headers.iter().any(|(k, _)| k == "Producer"));
-
-        let mut headers = host_headers();
-        let cut = fit_dead_letter(&mut headers, &payload, 4096);
-        assert!(headers.iter().any(|(k, _)| k == "Producer"));
-        assert!(header_bytes(&headers) + cut.len() + FRAMING <= 4096);
-    }
-
-    #[test]
-    fn backoff_follows_deliveries_and_repeats_the_last() {
-        let b = [Duration::from_secs(1), Duration::from_secs(5)];
-        assert_eq!(backoff_for(&b, 1), Duration::from_secs(1));
-        assert_eq!(backoff_for(&b, 2), Duration::from_secs(5));
-        assert_eq!(backoff_for(&b, 9), Duration::from_secs(5));
-        assert_eq!(backoff_for(&[], 1), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn the_last_delivery_turns_a_retry_into_a_dead_letter() {
-        let retry = Outcome::Retry {
-            delay: Some(Duration::from_millis(5)),
-            failure: None,
-            plugin: "p@1".into(),
-        };
-        assert_eq!(give_up_on_last_delivery(retry.clone(), 2, 3), retry);
-        let Outcome::DeadLetter { reason, plugin, .. } = give_up_on_last_delivery(retry, 3, 3)
-        else {
-            panic!("expected a dead letter")
-        };
-        assert_eq!(plugin, "p@1");
-        assert!(
-            reason.contains("3 deliveries") && reason.contains("asked to retry"),
-            "{reason}"
-        );
-
-        let failed = Outcome::Retry {
-            delay: None,
-            failure: Some(GuestFailure {
-                kind: FailureKind::Deadline,
-                message: "slow".into(),
-            }),
-            plugin: "p@1".into(),
-        };
-        let Outcome::DeadLetter { reason, .. } = give_up_on_last_delivery(failed, 5, 5) else {
-            panic!("expected a dead letter")
-        };
-        assert!(reason.contains("deadline: slow"), "{reason}");
-        let ack = Outcome::Ack {
-            plugin: "p@1".into(),
-        };
-        assert_eq!(give_up_on_last_delivery(ack.clone(), 9, 3), ack);
-    }
 }

@@ -215,11 +215,8 @@ pub fn consumer_config(config: &Config, tenant: &TenantConfig) -> consumer::pull
         filter_subject: tenant.filter.clone(),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: limits.ack_wait,
-        // The host dead-letters on delivery `max_deliver` itself. One more
-        // delivery on the server's side means a host that crashed during
-        // that last delivery still gets to dead-letter the message instead
-        // of the server silently giving up on it.
-        max_deliver: i64::from(limits.max_deliver) + 1,
+        // One more than the host's own (see `sink::Policy`).
+        max_deliver: i64::from(limits.server_max_deliver()),
         max_ack_pending: i64::try_from(max_ack_pending(tenant, limits.max_in_flight))
             .unwrap_or(i64::MAX),
         // Active/standby: one pinned host at a time (see tenant::pinned).
