@@ -69,20 +69,11 @@ impl Inner {
 
 /// `<dir>/<id>/` folders holding a `tenant.toml`.
 fn tenant_folders(dir: &Path) -> Vec<(String, PathBuf)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut folders: Vec<(String, PathBuf)> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_dir() && p.join("tenant.toml").is_file())
-        .filter_map(|p| {
-            let id = p.file_name()?.to_str()?.to_owned();
-            (!id.starts_with('.')).then_some((id, p))
-        })
-        .collect();
-    folders.sort();
-    folders
+    super::entries(
+        dir,
+        |p| p.is_dir() && p.join("tenant.toml").is_file(),
+        |p| p.file_name(),
+    )
 }
 
 /// A folder tenant's credential files are relative to its folder, and a

@@ -55,6 +55,16 @@ pub struct ReloadStats {
     pub last_error: Mutex<Option<String>>,
 }
 
+impl ReloadStats {
+    /// (swapped in, rejected) so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
 struct Inner {
     config: Arc<Config>,
     registry: Registry,
@@ -84,10 +94,7 @@ impl crate::ops::Status for Inner {
     }
 
     fn reloads(&self) -> (u64, u64) {
-        (
-            self.reloads.ok.load(Ordering::Relaxed),
-            self.reloads.failed.load(Ordering::Relaxed),
-        )
+        self.reloads.counts()
     }
 
     fn connections(&self) -> Vec<(String, bool)> {
@@ -199,11 +206,7 @@ impl Service {
 
     /// Plugin reloads so far (swapped in, rejected).
     pub fn reloads(&self) -> (u64, u64) {
-        let r = &self.inner.reloads;
-        (
-            r.ok.load(Ordering::Relaxed),
-            r.failed.load(Ordering::Relaxed),
-        )
+        self.inner.reloads.counts()
     }
 
     /// The last rejected plugin version's error (file and reason).
@@ -254,6 +257,30 @@ impl Service {
     }
 }
 
+/// The entries of `dir` that `keep` accepts, by the name `name` gives them,
+/// sorted; hidden ones (and names that are not UTF-8) skipped. An
+/// unreadable folder has none: it is looked at again on the next change.
+fn entries(
+    dir: &Path,
+    keep: impl Fn(&Path) -> bool,
+    name: impl Fn(&Path) -> Option<&std::ffi::OsStr>,
+) -> Vec<(String, PathBuf)> {
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(String, PathBuf)> = read
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| keep(p))
+        .filter_map(|p| {
+            let n = name(&p)?.to_str()?.to_owned();
+            (!n.starts_with('.')).then_some((n, p))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 type Rescan = fn(Arc<Inner>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 impl Inner {
@@ -262,19 +289,16 @@ impl Inner {
     }
 
     fn plugins_dir(&self) -> Option<PathBuf> {
-        self.config
-            .plugins
-            .dir
-            .as_ref()
-            .map(|d| self.config.base_dir.join(d))
+        self.in_base(self.config.plugins.dir.as_deref())
     }
 
     fn tenants_dir(&self) -> Option<PathBuf> {
-        self.config
-            .host
-            .tenants_dir
-            .as_ref()
-            .map(|d| self.config.base_dir.join(d))
+        self.in_base(self.config.host.tenants_dir.as_deref())
+    }
+
+    /// A folder the config names, relative to the config's own folder.
+    fn in_base(&self, dir: Option<&Path>) -> Option<PathBuf> {
+        dir.map(|d| self.config.base_dir.join(d))
     }
 
     /// Start watching the `what` folder `dir`; the future returned runs

@@ -151,18 +151,9 @@ impl Inner {
 
 /// `NAME.wasm` files in `dir` (hidden and temporary files skipped).
 fn wasm_files(dir: &Path) -> Vec<(String, PathBuf)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<(String, PathBuf)> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "wasm"))
-        .filter_map(|p| {
-            let name = p.file_stem()?.to_str()?.to_owned();
-            (!name.starts_with('.')).then_some((name, p))
-        })
-        .collect();
-    files.sort();
-    files
+    super::entries(
+        dir,
+        |p| p.is_file() && p.extension().is_some_and(|e| e == "wasm"),
+        |p| p.file_stem(),
+    )
 }
