@@ -37,7 +37,7 @@ pub mod tenant;
 pub mod topology;
 pub mod unreadable;
 pub mod wasm;
-pub mod watch;
+pub(crate) mod watch;
 pub mod worker;
 
 pub use message::{Message, Origin, OutputCaps, Verdict};

@@ -35,12 +35,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
-use serde_json::{Number, Value};
+use serde_json::Value;
+
+mod json;
 
 use crate::message::{Message, Origin, Verdict};
 use crate::wasm::{Plugin, WasmError};
+use json::Json;
 
 /// A cases file could not be read or parsed.
 #[derive(Debug, thiserror::Error)]
@@ -71,117 +72,6 @@ pub enum CasesError {
         /// What is wrong, naming the case and the key.
         message: String,
     },
-}
-
-/// JSON with object members in the file's order. The host's serde_json
-/// sorts object keys, and an input `payload_json` must reach the plugin in
-/// the order the case wrote it, as the other runners send it.
-#[derive(Debug, Clone)]
-enum Json {
-    Null,
-    Bool(bool),
-    Number(Number),
-    String(String),
-    Array(Vec<Json>),
-    Object(Vec<(String, Json)>),
-}
-
-impl<'de> Deserialize<'de> for Json {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Json, D::Error> {
-        struct JsonVisitor;
-
-        impl<'de> Visitor<'de> for JsonVisitor {
-            type Value = Json;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("JSON")
-            }
-            fn visit_unit<E>(self) -> Result<Json, E> {
-                Ok(Json::Null)
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Json, E> {
-                Ok(Json::Bool(v))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Json, E> {
-                Ok(Json::Number(v.into()))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Json, E> {
-                Ok(Json::Number(v.into()))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Json, E> {
-                Number::from_f64(v)
-                    .map(Json::Number)
-                    .ok_or_else(|| E::custom("number out of range"))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Json, E> {
-                Ok(Json::String(v.to_owned()))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Json, E> {
-                Ok(Json::String(v))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
-                let mut items = Vec::new();
-                while let Some(item) = seq.next_element()? {
-                    items.push(item);
-                }
-                Ok(Json::Array(items))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
-                let mut members = Vec::new();
-                while let Some(member) = map.next_entry()? {
-                    members.push(member);
-                }
-                Ok(Json::Object(members))
-            }
-        }
-
-        deserializer.deserialize_any(JsonVisitor)
-    }
-}
-
-impl Serialize for Json {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Json::Null => serializer.serialize_unit(),
-            Json::Bool(b) => serializer.serialize_bool(*b),
-            Json::Number(n) => n.serialize(serializer),
-            Json::String(s) => serializer.serialize_str(s),
-            Json::Array(items) => {
-                let mut seq = serializer.serialize_seq(Some(items.len()))?;
-                for item in items {
-                    seq.serialize_element(item)?;
-                }
-                seq.end()
-            }
-            Json::Object(members) => {
-                let mut map = serializer.serialize_map(Some(members.len()))?;
-                for (k, v) in members {
-                    map.serialize_entry(k, v)?;
-                }
-                map.end()
-            }
-        }
-    }
-}
-
-impl Json {
-    /// As serde_json reads the same text: a repeated key keeps its last
-    /// value.
-    fn to_value(&self) -> Value {
-        match self {
-            Json::Null => Value::Null,
-            Json::Bool(b) => Value::Bool(*b),
-            Json::Number(n) => Value::Number(n.clone()),
-            Json::String(s) => Value::String(s.clone()),
-            Json::Array(items) => Value::Array(items.iter().map(Json::to_value).collect()),
-            Json::Object(members) => Value::Object(
-                members
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.to_value()))
-                    .collect(),
-            ),
-        }
-    }
 }
 
 /// What an expected message's payload must be.
@@ -678,104 +568,4 @@ impl Expect {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<Cases, String> {
-        Cases::parse(text, Path::new("x.cases.json")).map_err(|e| match e {
-            CasesError::Invalid { message, .. } => message,
-            other => other.to_string(),
-        })
-    }
-
-    /// A file of one case whose `input` and `expect` are these.
-    fn one(input: &str, expect: &str) -> String {
-        format!(r#"{{"cases": [{{"name": "c1", "input": {input}, "expect": {expect}}}]}}"#)
-    }
-
-    const ACK: &str = r#"{"verdict": "ack"}"#;
-
-    #[test]
-    fn a_well_formed_file_parses_in_file_order() {
-        let cases = parse(&one(
-            r#"{"subject": "a", "headers": [["k", "1"], ["k", "2"]], "payload_json": {"b": 1, "a": [1.0, -0]}}"#,
-            r#"{"verdict": "retry", "delay_ms": 5}"#,
-        ))
-        .unwrap();
-        let case = &cases.cases[0];
-        assert_eq!(case.input.payload[..], br#"{"b":1,"a":[1.0,-0.0]}"#[..]);
-        assert_eq!(case.input.headers.len(), 2);
-        assert!(matches!(case.expect, Expect::Retry(Some(5))));
-    }
-
-    #[test]
-    fn config_keeps_the_file_order() {
-        let text = r#"{"cases": [{"name": "c", "config": {"z": "1", "a": "2"}, "input": {"subject": "a"}, "expect": {"verdict": "ack"}}]}"#;
-        let cases = parse(text).unwrap();
-        assert_eq!(
-            cases.cases[0].config,
-            vec![("z".into(), "1".into()), ("a".into(), "2".into())]
-        );
-    }
-
-    #[test]
-    fn every_invalid_file_is_refused_with_the_shared_error() {
-        // The same list, with the same errors, refutes the SDK's, the
-        // Python and the JavaScript runner: one spec, four runners.
-        let listed: Value = serde_json::from_str(include_str!(
-            "../../plugins/testing/mirror/invalid-cases.json"
-        ))
-        .unwrap();
-        let listed = listed["invalid"].as_array().unwrap();
-        assert!(!listed.is_empty());
-        for item in listed {
-            let err = parse(&item["file"].to_string()).err().unwrap_or_default();
-            let want = item["error"].as_str().unwrap();
-            assert!(
-                err.starts_with(want),
-                "{}: gave {err:?}, want {want:?}",
-                item["what"]
-            );
-        }
-    }
-
-    #[test]
-    fn base64_must_be_padded_and_canonical() {
-        let ok = parse(&one(r#"{"subject": "a", "payload_base64": "AP8="}"#, ACK)).unwrap();
-        assert_eq!(ok.cases[0].input.payload[..], [0, 255]);
-        for bad in ["*P8=", "AA==AAAA", "A==="] {
-            let input = format!(r#"{{"subject": "a", "payload_base64": "{bad}"}}"#);
-            let err = parse(&one(&input, ACK)).err().unwrap_or_default();
-            assert!(err.contains("canonical base64"), "{bad}: {err}");
-        }
-    }
-
-    #[test]
-    fn payloads_compare_exactly_or_structurally() {
-        let want = |payload: PayloadWant| MessageWant {
-            subject: "s".into(),
-            headers: vec![],
-            payload,
-        };
-        let got = |payload: &str| Message::new("s", payload.as_bytes().to_vec());
-        let json = |text: &str| PayloadWant::Json(serde_json::from_str(text).unwrap());
-        assert!(
-            compare_message(
-                &want(json(r#"{"a":1,"b":[2]}"#)),
-                &got(r#"{"b":[2], "a":1}"#)
-            )
-            .is_ok()
-        );
-        assert!(compare_message(&want(json(r#"{"a":1}"#)), &got(r#"{"a":1.0}"#)).is_err());
-        assert!(compare_message(&want(json(r#"{"a":1}"#)), &got(r#"{"a":1,"b":2}"#)).is_err());
-        assert!(compare_message(&want(PayloadWant::Bytes(vec![])), &got("x")).is_err());
-        assert!(compare_message(&want(PayloadWant::Bytes(b"x".to_vec())), &got("x")).is_ok());
-        let headers = MessageWant {
-            headers: vec![("k".into(), "1".into())],
-            ..want(PayloadWant::Bytes(vec![]))
-        };
-        let mut two = got("");
-        two.headers = vec![("k".into(), "1".into()), ("k".into(), "1".into())];
-        assert!(compare_message(&headers, &two).is_err());
-    }
-}
+mod tests;
