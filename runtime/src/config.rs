@@ -602,29 +602,7 @@ impl Config {
     /// Parse and validate config text; `path` names it in errors and anchors
     /// relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let fail = |key: String, line: Option<usize>, message: String| ConfigError {
-            file: path.to_owned(),
-            key,
-            line,
-            message,
-        };
-        let de = toml::de::Deserializer::parse(text).map_err(|e| {
-            fail(
-                String::new(),
-                line_of(text, e.span()),
-                e.message().trim().to_owned(),
-            )
-        })?;
-        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = e.into_inner();
-            let key = if key == "." { String::new() } else { key };
-            fail(
-                key,
-                line_of(text, inner.span()),
-                suggest(inner.message().trim()),
-            )
-        })?;
+        let mut config: Config = from_toml(text, path)?;
         config.file = path.to_owned();
         config.base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
         config.validate()?;
@@ -635,31 +613,13 @@ impl Config {
     /// `[tenants.ID]` table) and check it against this config. Errors name
     /// that file.
     pub fn load_tenant(&self, id: &str, path: &Path) -> Result<TenantConfig, ConfigError> {
-        let fail = |key: String, line: Option<usize>, message: String| ConfigError {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_owned(),
-            key,
-            line,
-            message,
-        };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| fail(String::new(), None, format!("cannot read the file: {e}")))?;
-        let de = toml::de::Deserializer::parse(&text).map_err(|e| {
-            fail(
-                String::new(),
-                line_of(&text, e.span()),
-                e.message().trim().to_owned(),
-            )
+            key: String::new(),
+            line: None,
+            message: format!("cannot read the file: {e}"),
         })?;
-        let tenant: TenantConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = e.into_inner();
-            let key = if key == "." { String::new() } else { key };
-            fail(
-                key,
-                line_of(&text, inner.span()),
-                suggest(inner.message().trim()),
-            )
-        })?;
+        let tenant: TenantConfig = from_toml(&text, path)?;
         let mut scoped = self.clone();
         scoped.file = path.to_owned();
         if let Some(dir) = path.parent() {
@@ -1006,6 +966,35 @@ impl Config {
         }
         names
     }
+}
+
+/// Deserialise TOML `text` (from `path`, which errors name) into `T`: the
+/// one reader of the main file and the tenant files, so both report a bad
+/// key with its dotted path, its line and a suggestion.
+fn from_toml<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigError> {
+    let fail = |key: String, line: Option<usize>, message: String| ConfigError {
+        file: path.to_owned(),
+        key,
+        line,
+        message,
+    };
+    let de = toml::de::Deserializer::parse(text).map_err(|e| {
+        fail(
+            String::new(),
+            line_of(text, e.span()),
+            e.message().trim().to_owned(),
+        )
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let key = if key == "." { String::new() } else { key };
+        fail(
+            key,
+            line_of(text, inner.span()),
+            suggest(inner.message().trim()),
+        )
+    })
 }
 
 /// A key as TOML writes it: bare when it can be, quoted otherwise.
